@@ -1,0 +1,193 @@
+//! What an experiment asks for: the task call, the evaluators, the number of
+//! repetitions. These are plain data, stored as JSON by the store and
+//! interpreted (templates, request bodies, reply parsing) by the providers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::{DatasetId, EvaluatorId, ExperimentId};
+
+/// One chat message of a prompt template. `content` may contain
+/// `{{input.field}}`, `{{expected}}`, `{{metadata.field}}` and, for
+/// evaluators, `{{output}}` placeholders.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The template text.
+    pub content: String,
+}
+
+/// One provider call as described by the user: which configured provider,
+/// which model, which messages, which parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallSpec {
+    /// Name of a `[providers.*]` entry of the server configuration.
+    pub provider: String,
+    /// Model name passed to the provider.
+    pub model: String,
+    /// The prompt template.
+    pub messages: Vec<Message>,
+    /// Extra request parameters (temperature, max_tokens, ...), passed through.
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// Per-call timeout in seconds; `None` uses the configured default.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Whether to stream the reply (task calls only; chunks reach event streams).
+    #[serde(default)]
+    pub stream: bool,
+}
+
+impl CallSpec {
+    /// The per-call timeout: the spec's own, else `default`. Non-finite or
+    /// non-positive values (rejected by API validation) fall back to `default`.
+    pub fn timeout(&self, default: Duration) -> Duration {
+        match self.timeout_s {
+            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(86_400.0)),
+            _ => default,
+        }
+    }
+
+    /// The `max_tokens` parameter, when the user gave one (used to estimate a
+    /// call's token cost for tokens-per-minute limits).
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.params
+            .get("max_tokens")
+            .or_else(|| self.params.get("max_completion_tokens"))
+            .and_then(Value::as_u64)
+    }
+}
+
+/// An LLM judge attached to an experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluatorSpec {
+    /// Row id of the evaluator.
+    pub id: EvaluatorId,
+    /// Name shown in results, unique within the experiment.
+    pub name: String,
+    /// The judge's call.
+    pub call: CallSpec,
+    /// Allowed labels. When empty, the reply is read as a numeric score.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// Everything the scheduler needs to know about an experiment to run it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentPlan {
+    /// The experiment.
+    pub id: ExperimentId,
+    /// Its dataset.
+    pub dataset: DatasetId,
+    /// How many runs per example (≥ 1).
+    pub repetitions: u32,
+    /// Per-experiment concurrency cap; `None` uses the configured default.
+    pub max_concurrency: Option<u32>,
+    /// The task call.
+    pub task: CallSpec,
+    /// The evaluators attached when the plan was loaded.
+    pub evaluators: Vec<EvaluatorSpec>,
+}
+
+/// The data of one example, shared by every job that needs it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExampleData {
+    /// The input object the task template reads as `{{input.*}}`.
+    pub input: Value,
+    /// The expected answer, if any (`{{expected}}`).
+    #[serde(default)]
+    pub expected: Option<Value>,
+    /// Free metadata (`{{metadata.*}}`).
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+/// A shared, immutable evaluator spec.
+pub type SharedEvaluator = Arc<EvaluatorSpec>;
+
+/// The stored status of an experiment (DESIGN §4). A created experiment that
+/// was not started is `Stopped`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExperimentStatus {
+    /// Claimed (or waiting to be claimed) by a replica and being worked on.
+    Running,
+    /// Stopped by a user, or created without starting.
+    Stopped,
+    /// Every run and annotation exists.
+    Completed,
+    /// Given up; see `last_error`. Can be resumed.
+    Error,
+}
+
+impl ExperimentStatus {
+    /// The stored and displayed name (`RUNNING`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExperimentStatus::Running => "RUNNING",
+            ExperimentStatus::Stopped => "STOPPED",
+            ExperimentStatus::Completed => "COMPLETED",
+            ExperimentStatus::Error => "ERROR",
+        }
+    }
+}
+
+impl std::str::FromStr for ExperimentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "RUNNING" => Ok(Self::Running),
+            "STOPPED" => Ok(Self::Stopped),
+            "COMPLETED" => Ok(Self::Completed),
+            "ERROR" => Ok(Self::Error),
+            _ => Err(format!(
+                "unknown status `{s}` (expected RUNNING, STOPPED, COMPLETED or ERROR)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ExperimentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(timeout: Option<f64>) -> CallSpec {
+        CallSpec {
+            provider: "p".into(),
+            model: "m".into(),
+            messages: vec![],
+            params: Map::new(),
+            timeout_s: timeout,
+            stream: false,
+        }
+    }
+
+    #[test]
+    fn timeout_falls_back_on_missing_or_absurd_values() {
+        let d = Duration::from_secs(120);
+        assert_eq!(spec(None).timeout(d), d);
+        assert_eq!(spec(Some(-1.0)).timeout(d), d);
+        assert_eq!(spec(Some(f64::NAN)).timeout(d), d);
+        assert_eq!(spec(Some(2.5)).timeout(d), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn max_tokens_reads_either_spelling() {
+        let mut s = spec(None);
+        assert_eq!(s.max_tokens(), None);
+        s.params.insert("max_completion_tokens".into(), 64.into());
+        assert_eq!(s.max_tokens(), Some(64));
+        s.params.insert("max_tokens".into(), 32.into());
+        assert_eq!(s.max_tokens(), Some(32));
+    }
+}

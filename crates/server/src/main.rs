@@ -1,0 +1,2 @@
+//! The runnel binary.
+fn main() {}
