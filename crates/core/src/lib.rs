@@ -28,6 +28,7 @@ pub mod error;
 pub mod ids;
 pub mod outcome;
 pub mod ports;
+pub mod rng;
 pub mod spec;
 pub mod work;
 
@@ -41,5 +42,8 @@ pub use ports::{
     Acquire, Advisor, AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink,
     Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Write,
 };
-pub use spec::{CallSpec, EvaluatorSpec, ExampleData, ExperimentPlan, ExperimentStatus, Message};
+pub use spec::{
+    CallSpec, EvaluatorSpec, ExampleData, ExperimentPlan, ExperimentStatus, Message, Protocol,
+    ProviderKind, QuotaScope,
+};
 pub use work::{EvalKey, EvalWork, Job, JobKind, TaskKey, TaskWork, WorkKey};

@@ -106,6 +106,134 @@ pub struct ExampleData {
     pub metadata: Value,
 }
 
+/// The kind of a configured provider entry: which wire protocol its adapter
+/// speaks and which quota scope its rate limits have (DESIGN §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI's API (Chat Completions). Limits per model.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI deployments (`api-key` header). Limits per deployment.
+    Azure,
+    /// Anthropic Messages API. Limits per account.
+    Anthropic,
+    /// Google Gemini `generateContent`. Limits per model.
+    Gemini,
+    /// Groq (OpenAI-compatible). Limits per model.
+    Groq,
+    /// xAI (OpenAI-compatible). Limits per model.
+    Xai,
+    /// Cerebras (OpenAI-compatible). Limits per model.
+    Cerebras,
+    /// Mistral (OpenAI-compatible). Limits per account.
+    Mistral,
+    /// DeepSeek (OpenAI-compatible). Limits per account.
+    #[serde(rename = "deepseek")]
+    DeepSeek,
+    /// Together (OpenAI-compatible). Limits per account.
+    Together,
+    /// Fireworks (OpenAI-compatible). Limits per account.
+    Fireworks,
+    /// Any other OpenAI-compatible server. Limits per model.
+    #[serde(rename = "openai_compatible")]
+    OpenAiCompatible,
+    /// A local server (Ollama, vLLM, llama.cpp; OpenAI-compatible). Unlimited by default.
+    Local,
+}
+
+/// What a provider's rate limits are counted against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaScope {
+    /// One quota per (credential, base url, model).
+    PerModel,
+    /// One quota per (credential, base url, deployment).
+    PerDeployment,
+    /// One quota per credential.
+    PerAccount,
+    /// No quota to respect.
+    Unlimited,
+}
+
+/// The wire protocol an adapter speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// OpenAI Chat Completions (`/chat/completions`).
+    OpenAiChat,
+    /// Anthropic Messages (`/v1/messages`).
+    AnthropicMessages,
+    /// Gemini `generateContent`.
+    GeminiGenerate,
+}
+
+impl ProviderKind {
+    /// Every kind, for documentation and default tables.
+    pub const ALL: [ProviderKind; 13] = [
+        ProviderKind::OpenAi,
+        ProviderKind::Azure,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Groq,
+        ProviderKind::Xai,
+        ProviderKind::Cerebras,
+        ProviderKind::Mistral,
+        ProviderKind::DeepSeek,
+        ProviderKind::Together,
+        ProviderKind::Fireworks,
+        ProviderKind::OpenAiCompatible,
+        ProviderKind::Local,
+    ];
+
+    /// The quota scope of this kind (DESIGN §6).
+    pub fn quota_scope(self) -> QuotaScope {
+        match self {
+            ProviderKind::OpenAi
+            | ProviderKind::Gemini
+            | ProviderKind::Groq
+            | ProviderKind::Xai
+            | ProviderKind::Cerebras
+            | ProviderKind::OpenAiCompatible => QuotaScope::PerModel,
+            ProviderKind::Azure => QuotaScope::PerDeployment,
+            ProviderKind::Anthropic
+            | ProviderKind::Mistral
+            | ProviderKind::DeepSeek
+            | ProviderKind::Together
+            | ProviderKind::Fireworks => QuotaScope::PerAccount,
+            ProviderKind::Local => QuotaScope::Unlimited,
+        }
+    }
+
+    /// The protocol the adapter speaks.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            ProviderKind::Anthropic => Protocol::AnthropicMessages,
+            ProviderKind::Gemini => Protocol::GeminiGenerate,
+            _ => Protocol::OpenAiChat,
+        }
+    }
+
+    /// The configuration name (`openai`, `azure`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Groq => "groq",
+            ProviderKind::Xai => "xai",
+            ProviderKind::Cerebras => "cerebras",
+            ProviderKind::Mistral => "mistral",
+            ProviderKind::DeepSeek => "deepseek",
+            ProviderKind::Together => "together",
+            ProviderKind::Fireworks => "fireworks",
+            ProviderKind::OpenAiCompatible => "openai_compatible",
+            ProviderKind::Local => "local",
+        }
+    }
+}
+
 /// A shared, immutable evaluator spec.
 pub type SharedEvaluator = Arc<EvaluatorSpec>;
 
@@ -179,6 +307,20 @@ mod tests {
         assert_eq!(spec(Some(-1.0)).timeout(d), d);
         assert_eq!(spec(Some(f64::NAN)).timeout(d), d);
         assert_eq!(spec(Some(2.5)).timeout(d), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn provider_kinds_round_trip_by_their_config_names() {
+        for kind in ProviderKind::ALL {
+            let text = serde_json::to_string(&kind).unwrap();
+            assert_eq!(text, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<ProviderKind>(&text).unwrap(), kind);
+        }
+        assert_eq!(ProviderKind::Local.quota_scope(), QuotaScope::Unlimited);
+        assert_eq!(
+            ProviderKind::Anthropic.protocol(),
+            Protocol::AnthropicMessages
+        );
     }
 
     #[test]
