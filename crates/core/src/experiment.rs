@@ -125,8 +125,8 @@ pub enum WriteResult<T> {
 pub(crate) enum Next {
     /// Dispatch this job (a permit has been taken).
     Ready(Job),
-    /// Nothing can start before the given instant (or before an event).
-    NotReady(Option<Instant>),
+    /// Nothing can start now; the experiment's `wake` says when it may.
+    NotReady,
     /// The per-experiment cap is reached, or the experiment is not running.
     Busy,
     /// A needed key's breaker stayed open past `breaker_give_up`.
@@ -325,14 +325,12 @@ impl ExperimentState {
         self.fetch_retry_at
     }
 
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
+    #[cfg(test)]
     pub(crate) fn cap(&self) -> usize {
         self.cap
     }
 
+    #[cfg(test)]
     pub(crate) fn evaluator_count(&self) -> usize {
         self.evaluators.len()
     }
@@ -441,7 +439,7 @@ impl ExperimentState {
         // An advisor answering "wait until the past" must not make the driver spin.
         let wake = wake.map(|w| w.max(now + Duration::from_millis(1)));
         self.wake = wake;
-        Next::NotReady(wake)
+        Next::NotReady
     }
 
     fn dispatched(&mut self, job: Job) -> Next {
@@ -1024,6 +1022,12 @@ impl ExperimentState {
     #[cfg(test)]
     pub(crate) fn busy(&self) -> &HashSet<WorkKey> {
         &self.busy
+    }
+
+    /// Retries whose backoff has elapsed (for property tests).
+    #[cfg(test)]
+    pub(crate) fn ready_retries(&self, now: Instant) -> usize {
+        self.retries.iter().filter(|r| r.ready_at <= now).count()
     }
 }
 

@@ -53,3 +53,6 @@ pub use spec::{
     ProviderKind, QuotaScope,
 };
 pub use work::{EvalKey, EvalWork, Job, JobKind, TaskKey, TaskWork, WorkKey};
+
+#[cfg(test)]
+mod tests;

@@ -182,7 +182,7 @@ impl Scheduler {
                     break;
                 }
                 Next::GaveUp(message) => gave_up.push((*id, message)),
-                Next::NotReady(_) | Next::Busy => {}
+                Next::NotReady | Next::Busy => {}
             }
         }
         for (id, message) in gave_up {
