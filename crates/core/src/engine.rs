@@ -680,10 +680,10 @@ where
     }
 
     fn depart(&mut self, claim: Claim, why: Departure) {
-        if why == Departure::Released {
-            if let Some(s) = &mut self.shutdown {
-                s.release.push(claim.clone());
-            }
+        if why == Departure::Released
+            && let Some(s) = &mut self.shutdown
+        {
+            s.release.push(claim.clone());
         }
         self.ports.events.emit(EngineEvent::Departed {
             experiment: claim.experiment,

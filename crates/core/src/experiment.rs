@@ -412,8 +412,9 @@ impl ExperimentState {
         if self.phase == Phase::Tasks
             && backlog < config.high_watermark
             && refused.as_ref() != Some(&self.task_key)
+            && let Some(work) = self.tasks.front()
         {
-            if let Some(work) = self.tasks.front() {
+            {
                 let mut job = self.task_job(work.clone());
                 let tokens = estimate(&job);
                 match advisor.try_acquire(&self.task_key, tokens, now) {

@@ -387,11 +387,12 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let mut owned = Vec::new();
         for c in claims {
-            if let Some(row) = inner.experiments.get_mut(&c.experiment) {
-                if row.claimed_by.as_ref() == Some(&c.replica) && row.epoch == c.epoch {
-                    row.claimed_at = Some(now);
-                    owned.push(c.experiment);
-                }
+            if let Some(row) = inner.experiments.get_mut(&c.experiment)
+                && row.claimed_by.as_ref() == Some(&c.replica)
+                && row.epoch == c.epoch
+            {
+                row.claimed_at = Some(now);
+                owned.push(c.experiment);
             }
         }
         Ok(owned)
@@ -401,11 +402,12 @@ impl Store for MemoryStore {
         self.check()?;
         let mut inner = self.lock();
         for c in claims {
-            if let Some(row) = inner.experiments.get_mut(&c.experiment) {
-                if row.claimed_by.as_ref() == Some(&c.replica) && row.epoch == c.epoch {
-                    // Expired: the next scan takes it at once.
-                    row.claimed_at = None;
-                }
+            if let Some(row) = inner.experiments.get_mut(&c.experiment)
+                && row.claimed_by.as_ref() == Some(&c.replica)
+                && row.epoch == c.epoch
+            {
+                // Expired: the next scan takes it at once.
+                row.claimed_at = None;
             }
         }
         Ok(())

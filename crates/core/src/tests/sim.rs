@@ -102,7 +102,7 @@ impl Advisor for ModelAdvisor {
 }
 
 enum SimEvent {
-    CallDone(Job, CallReport),
+    CallDone(Box<(Job, CallReport)>),
     Tasks(Claim, Result<Vec<TaskWork>, Error>),
     Evals(Claim, Result<Vec<EvalWork>, Error>),
     RunWritten(Claim, TaskKey, WriteResult<RunWrite>),
@@ -411,8 +411,10 @@ impl Sim {
                     .push(format!("P6: {work:?} of {id} dispatched after stop"));
             }
             // P4: priority — evals first, then ready retries, then tasks.
-            if let Some(snapshot) = priority_snapshot {
-                if let Some(&(evals, ready_retries)) = snapshot.get(&id) {
+            if let Some(snapshot) = priority_snapshot
+                && let Some(&(evals, ready_retries)) = snapshot.get(&id)
+            {
+                {
                     let is_retry = job.attempt > 1;
                     let is_eval = !job.is_task();
                     if !is_eval && evals > 0 {
@@ -441,7 +443,7 @@ impl Sim {
                 .push(outcome.class());
             self.schedule(
                 latency,
-                SimEvent::CallDone(job, CallReport::new(outcome, latency)),
+                SimEvent::CallDone(Box::new((job, CallReport::new(outcome, latency)))),
             );
         }
     }
@@ -461,7 +463,8 @@ impl Sim {
     fn handle(&mut self, event: SimEvent) {
         let now = self.now;
         match event {
-            SimEvent::CallDone(job, report) => {
+            SimEvent::CallDone(done) => {
+                let (job, report) = *done;
                 self.in_flight.remove(&(job.experiment, job.work_key()));
                 self.scheduler
                     .handle_call_finished(job, report, now, &self.advisor);
