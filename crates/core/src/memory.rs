@@ -8,7 +8,7 @@
 //! caller supplies (for tests, tokio's paused clock), `FnProvider` sleeps
 //! through the [`Clock`] port.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ pub struct StoredAnnotation {
 #[derive(Default)]
 struct Inner {
     next_id: i64,
-    datasets: HashMap<DatasetId, Vec<ExampleId>>,
+    datasets: HashMap<DatasetId, BTreeSet<ExampleId>>,
     examples: HashMap<ExampleId, Arc<ExampleData>>,
     experiments: BTreeMap<ExperimentId, ExperimentRow>,
     runs: BTreeMap<(ExperimentId, TaskKey), StoredRun>,
@@ -167,7 +167,7 @@ impl MemoryStore {
     pub fn create_dataset(&self, examples: Vec<ExampleData>) -> DatasetId {
         let mut inner = self.lock();
         let id = DatasetId(Uuid::from_u128(inner.next() as u128));
-        inner.datasets.insert(id, Vec::new());
+        inner.datasets.insert(id, BTreeSet::new());
         drop(inner);
         self.add_examples(id, examples);
         id
@@ -459,17 +459,12 @@ impl Store for MemoryStore {
             .get(&claim.experiment)
             .ok_or(Error::NotFound(claim.experiment))?;
         let reps = row.plan.repetitions;
-        let mut examples: Vec<ExampleId> = inner
-            .datasets
-            .get(&row.plan.dataset)
-            .cloned()
-            .unwrap_or_default();
-        examples.sort();
+        let Some(examples) = inner.datasets.get(&row.plan.dataset) else {
+            return Ok(Vec::new());
+        };
+        let first = after.map_or(ExampleId(i64::MIN), |a| a.example);
         let mut page = Vec::new();
-        for example in examples {
-            if after.is_some_and(|a| example < a.example) {
-                continue;
-            }
+        for &example in examples.range(first..) {
             let Some(data) = inner.examples.get(&example) else {
                 continue;
             };
