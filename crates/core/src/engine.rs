@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -108,6 +108,7 @@ pub struct EngineHandle {
     tx: mpsc::UnboundedSender<Command>,
     stats: Arc<EngineStats>,
     max_concurrency: usize,
+    started: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Command {
@@ -155,6 +156,18 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Shutdown(tx))?;
         rx.await.map_err(|_| Error::EngineGone)
+    }
+
+    /// Completes once the engine has taken back the experiments still claimed
+    /// under its own identity (start-up). Start or resume experiments through
+    /// the API only after this, so a start-up reclaim never races a fresh claim.
+    pub async fn started(&self) -> Result<(), Error> {
+        let mut started = self.started.clone();
+        started
+            .wait_for(|done| *done)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::EngineGone)
     }
 
     /// Live figures.
@@ -244,6 +257,7 @@ pub struct Engine<S, P, A, C, E> {
     next_scan: Instant,
     shutdown: Option<Shutdown>,
     startup_done: bool,
+    started: watch::Sender<bool>,
 }
 
 struct Shutdown {
@@ -271,10 +285,12 @@ where
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(EngineStats::default());
         let now = ports.clock.now();
+        let (started, started_rx) = watch::channel(false);
         let handle = EngineHandle {
             tx,
             stats: stats.clone(),
             max_concurrency: config.max_concurrency,
+            started: started_rx,
         };
         let engine = Self {
             replica,
@@ -294,6 +310,7 @@ where
             next_scan: now,
             shutdown: None,
             startup_done: false,
+            started,
         };
         (engine, handle)
     }
@@ -616,6 +633,7 @@ where
                 }
                 if !self.startup_done {
                     self.startup_done = true;
+                    self.started.send_replace(true);
                     self.orphan_scan();
                 }
             }
