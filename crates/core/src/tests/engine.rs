@@ -129,12 +129,26 @@ fn store_with(examples: i64, id: ExperimentId) -> MockStore {
     store
 }
 
-fn provider_never_answering() -> MockProvider {
+/// Every heartbeat keeps every claim.
+fn heartbeat_keeps_everything(store: &mut MockStore) {
+    store.expect_heartbeat().returning(|c| {
+        let owned = c.iter().map(|c| c.experiment).collect();
+        ready(Ok(owned))
+    });
+}
+
+/// A provider mock that computes keys and estimates; calls are up to the test.
+fn keyed_provider() -> MockProvider {
     let mut provider = MockProvider::new();
     provider
         .expect_rate_key()
         .returning(|c| Ok(RateKey::new(&c.provider, &c.model)));
     provider.expect_estimate_tokens().returning(|_| None);
+    provider
+}
+
+fn provider_never_answering() -> MockProvider {
+    let mut provider = keyed_provider();
     provider
         .expect_call()
         .returning(|_, _| Box::pin(std::future::pending()));
@@ -204,11 +218,7 @@ async fn lost_ownership_stops_locally_without_writing() {
     // The engine must write nothing for an experiment it no longer owns.
     store.expect_record_run().never();
     store.expect_finish().never();
-    let mut provider = MockProvider::new();
-    provider
-        .expect_rate_key()
-        .returning(|c| Ok(RateKey::new(&c.provider, &c.model)));
-    provider.expect_estimate_tokens().returning(|_| None);
+    let mut provider = keyed_provider();
     provider.expect_call().returning(|_, _| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_secs(15)).await;
@@ -260,10 +270,7 @@ async fn takes_over_orphans_at_start_and_every_lease() {
         .expect_task_page()
         .returning(|_, _, _| ready(Ok(vec![])));
     store.expect_log().returning(|_, _, _| ready(Ok(())));
-    store.expect_heartbeat().returning(|c| {
-        let owned = c.iter().map(|c| c.experiment).collect();
-        ready(Ok(owned))
-    });
+    heartbeat_keeps_everything(&mut store);
     store
         .expect_finish()
         .withf(move |c, end| c.epoch == Epoch(7) && *end == Finish::Completed)
@@ -302,10 +309,7 @@ async fn takes_over_orphans_at_start_and_every_lease() {
 async fn graceful_shutdown_drains_in_flight_calls_then_releases_claims() {
     let id = exp_id(4);
     let mut store = store_with(1, id);
-    store.expect_heartbeat().returning(|c| {
-        let owned = c.iter().map(|c| c.experiment).collect();
-        ready(Ok(owned))
-    });
+    heartbeat_keeps_everything(&mut store);
     let written = Arc::new(AtomicU32::new(0));
     let w = written.clone();
     store.expect_record_run().returning(move |_, record| {
@@ -324,11 +328,7 @@ async fn graceful_shutdown_drains_in_flight_calls_then_releases_claims() {
     });
     // Completion must not be written: shutdown came first.
     store.expect_finish().never();
-    let mut provider = MockProvider::new();
-    provider
-        .expect_rate_key()
-        .returning(|c| Ok(RateKey::new(&c.provider, &c.model)));
-    provider.expect_estimate_tokens().returning(|_| None);
+    let mut provider = keyed_provider();
     provider.expect_call().times(1).returning(|_, _| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -356,10 +356,7 @@ async fn graceful_shutdown_drains_in_flight_calls_then_releases_claims() {
 async fn shutdown_releases_after_the_grace_period_when_calls_hang() {
     let id = exp_id(5);
     let mut store = store_with(1, id);
-    store.expect_heartbeat().returning(|c| {
-        let owned = c.iter().map(|c| c.experiment).collect();
-        ready(Ok(owned))
-    });
+    heartbeat_keeps_everything(&mut store);
     store.expect_release().times(1).returning(|_| ready(Ok(())));
     let config = Config {
         task_timeout: Duration::from_secs(3600),
@@ -378,10 +375,7 @@ async fn shutdown_releases_after_the_grace_period_when_calls_hang() {
 async fn a_call_past_its_timeout_is_a_transient_failure_retried_then_recorded() {
     let id = exp_id(6);
     let mut store = store_with(1, id);
-    store.expect_heartbeat().returning(|c| {
-        let owned = c.iter().map(|c| c.experiment).collect();
-        ready(Ok(owned))
-    });
+    heartbeat_keeps_everything(&mut store);
     let recorded = Arc::new(Mutex::new(None));
     let r = recorded.clone();
     store
@@ -419,21 +413,14 @@ async fn a_call_past_its_timeout_is_a_transient_failure_retried_then_recorded() 
 async fn keys_with_an_open_breaker_are_not_dispatched_until_give_up() {
     let id = exp_id(7);
     let mut store = store_with(3, id);
-    store.expect_heartbeat().returning(|c| {
-        let owned = c.iter().map(|c| c.experiment).collect();
-        ready(Ok(owned))
-    });
+    heartbeat_keeps_everything(&mut store);
     let ended = Arc::new(Mutex::new(None));
     let e = ended.clone();
     store.expect_finish().times(1).returning(move |_, end| {
         *e.lock().unwrap() = Some(end.clone());
         ready(Ok(true))
     });
-    let mut provider = MockProvider::new();
-    provider
-        .expect_rate_key()
-        .returning(|c| Ok(RateKey::new(&c.provider, &c.model)));
-    provider.expect_estimate_tokens().returning(|_| None);
+    let mut provider = keyed_provider();
     provider.expect_call().never();
     let opened = tokio::time::Instant::now().into_std();
     let mut advisor = MockAdvisor::new();
@@ -496,10 +483,7 @@ async fn a_store_error_while_refilling_does_not_kill_the_engine() {
         ready(Ok(page))
     });
     store.expect_log().returning(|_, _, _| ready(Ok(())));
-    store.expect_heartbeat().returning(|c| {
-        let owned = c.iter().map(|c| c.experiment).collect();
-        ready(Ok(owned))
-    });
+    heartbeat_keeps_everything(&mut store);
     store.expect_record_run().times(1).returning(|_, _| {
         ready(Ok(Write::Accepted(RunWrite {
             id: RunId(1),
@@ -511,11 +495,7 @@ async fn a_store_error_while_refilling_does_not_kill_the_engine() {
         .withf(|_, end| *end == Finish::Completed)
         .times(1)
         .returning(|_, _| ready(Ok(true)));
-    let mut provider = MockProvider::new();
-    provider
-        .expect_rate_key()
-        .returning(|c| Ok(RateKey::new(&c.provider, &c.model)));
-    provider.expect_estimate_tokens().returning(|_| None);
+    let mut provider = keyed_provider();
     provider.expect_call().returning(|_, _| {
         ready(CallReport::new(
             Outcome::Success(Reply::Task {
