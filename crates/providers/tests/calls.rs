@@ -160,7 +160,7 @@ async fn anthropic_request_reply_and_rate_limit_headers() {
     assert_eq!(limits.tokens_remaining, Some(39978));
     let reset = limits.requests_reset.unwrap();
     assert!(
-        reset <= Duration::from_secs(30) && reset >= Duration::from_secs(25),
+        reset <= Duration::from_secs(30) && reset >= Duration::from_secs(10),
         "{reset:?}"
     );
     let body: Value = server.received_requests().await.unwrap()[0]
@@ -291,7 +291,8 @@ async fn retry_after_in_milliseconds_seconds_and_http_date() {
             Some((1500, 1500)),
         ),
         (vec![("retry-after", "7")], Some((7000, 7000))),
-        (vec![("retry-after", date.as_str())], Some((55_000, 60_000))),
+        // Whole seconds, and the test may be slowed down by a busy machine.
+        (vec![("retry-after", date.as_str())], Some((30_000, 60_000))),
         (vec![], None),
     ];
     for (headers, expected) in cases {
