@@ -356,6 +356,36 @@ mod tests {
         assert_eq!(status(429, "").retry_after, None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_status_and_body_is_classified_by_the_table(code in 100u16..600, body in ".{0,120}") {
+            let fault = status(code, &body);
+            let throttling = is_throttling(&fault.message);
+            let expected = match code {
+                429 if is_out_of_credit(&fault.message) => OutcomeClass::Permanent,
+                429 | 529 => OutcomeClass::RateLimited,
+                401 => OutcomeClass::Permanent,
+                _ if throttling => OutcomeClass::RateLimited,
+                408 | 409 | 500..=599 => OutcomeClass::Transient,
+                _ => OutcomeClass::Permanent,
+            };
+            proptest::prop_assert_eq!(fault.class, expected);
+        }
+
+        #[test]
+        fn no_reply_body_makes_an_adapter_panic(body in r#"[\[\]{}":,a-z0-9 ]{0,80}"#, wrap in 0usize..4) {
+            let body = match wrap {
+                0 => body,
+                1 => format!(r#"{{"choices":[{{"message":{body}}}]}}"#),
+                2 => format!(r#"{{"content":[{body}]}}"#),
+                _ => format!(r#"{{"candidates":[{{"content":{{"parts":[{body}]}}}}]}}"#),
+            };
+            let _ = crate::openai::parse_reply(body.as_bytes());
+            let _ = crate::anthropic::parse_reply(body.as_bytes());
+            let _ = crate::gemini::parse_reply(body.as_bytes());
+        }
+    }
+
     #[test]
     fn faults_become_outcomes_through_the_cleaner() {
         let outcome = Fault::rate_limited("slow down sk-x", Some(Duration::from_secs(1)))

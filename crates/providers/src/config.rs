@@ -65,6 +65,24 @@ pub struct ProviderEntry {
 }
 
 impl ProviderEntry {
+    /// The configuration keys of an entry. A server that keeps other keys
+    /// in the same `[providers.NAME]` table (the advisor's limits) can split
+    /// the table with this list and deserialize each part with its own
+    /// `deny_unknown_fields` type: `#[serde(flatten)]` would silently
+    /// accept misspelt keys.
+    pub const KEYS: &'static [&'static str] = &[
+        "kind",
+        "base_url",
+        "api_key_env",
+        "api_version",
+        "headers",
+        "connect_timeout",
+        "max_response_bytes",
+        "stream",
+        "default_max_tokens",
+        "stream_usage",
+    ];
+
     /// An entry of `kind` with every other field at its default.
     pub fn new(kind: ProviderKind) -> Self {
         Self {
@@ -272,6 +290,21 @@ mod tests {
         }
         assert!(!ProviderEntry::new(ProviderKind::Mistral).stream_usage());
         assert!(ProviderEntry::new(ProviderKind::OpenAi).stream_usage());
+    }
+
+    #[test]
+    fn the_key_list_matches_the_fields() {
+        let value = serde_json::to_value(ProviderEntry::new(ProviderKind::OpenAi)).unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut keys = ProviderEntry::KEYS.to_vec();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
     }
 
     #[test]
