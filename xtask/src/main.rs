@@ -4,7 +4,7 @@
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
 //! - `cargo xtask bench [NAME…] [--quick] [--json]`: runs benchmarks (release
-//!   build). Crate benchmarks: `core`.
+//!   build). Crate benchmarks: `core`, `call_overhead`.
 
 mod postgres;
 
@@ -46,7 +46,10 @@ enum Cmd {
 }
 
 /// Crate benchmarks: (name, package, bench target).
-const CRATE_BENCHES: &[(&str, &str, &str)] = &[("core", "runnel-core", "core")];
+const CRATE_BENCHES: &[(&str, &str, &str)] = &[
+    ("core", "runnel-core", "core"),
+    ("call_overhead", "runnel-providers", "call_overhead"),
+];
 
 fn main() -> Result<()> {
     match Cli::parse().command {
