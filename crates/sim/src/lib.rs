@@ -119,10 +119,11 @@
 //!    if they match (trimmed, case-insensitive) and the second if not;
 //!    otherwise a label picked by a hash of the prompt. A short explanation
 //!    follows on the next line (never naming a label).
-//! 2. **Score.** The prompt mentions a score, rate, rating, grade or scale
-//!    and a range `from 1 to 10` / `between 0 and 5` / `of 1-10`: the reply
-//!    is a number in range — the top when expected and given match, the
-//!    bottom when they differ, else picked by hash — then an explanation line.
+//! 2. **Score.** The prompt has a range `from 1 to 10` or `between 0 and 5`
+//!    (also `1-10`), or mentions a score, rate, rating, grade or scale with
+//!    a range `of 1 to 10` / `of 1-10`: the reply is a number in range — the
+//!    top when expected and given match, the bottom when they differ, else
+//!    picked by hash — then an explanation line.
 //! 3. **Arithmetic.** `a + b`, `a - b` (or `−`), `a × b` (or `*`, `x`),
 //!    also `plus`, `minus`, `times`, with integer operands, asked as a
 //!    question (after *is*, *what's*, *compute*, *calculate*, *evaluate*,

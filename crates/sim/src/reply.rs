@@ -376,7 +376,9 @@ fn same(a: &str, b: &str) -> bool {
 
 // ---------------------------------------------------------------- score
 
-/// `from|between|of N to|and|- M`, in a prompt that speaks of a score.
+/// A range `from N to M` or `between N and M` (also with `-`), or
+/// `of N to M` / `of N-M` in a prompt that speaks of a score, rate,
+/// rating, grade or scale ("on a scale of 1-10").
 fn score_range(tokens: &[Token<'_>]) -> Option<(i64, i64)> {
     let scoring = tokens.iter().any(|t| {
         word_is(
@@ -384,19 +386,15 @@ fn score_range(tokens: &[Token<'_>]) -> Option<(i64, i64)> {
             &["score", "scores", "rate", "rating", "grade", "scale"],
         )
     });
-    if !scoring {
-        return None;
-    }
     tokens.windows(4).find_map(|w| {
-        if !word_is(w.first(), &["from", "between", "of"]) {
-            return None;
-        }
+        let opener =
+            word_is(w.first(), &["from", "between"]) || (scoring && word_is(w.first(), &["of"]));
         let (Tok::Num(a), Tok::Num(b)) = (w[1].tok, w[3].tok) else {
             return None;
         };
         let joiner = word_is(w.get(2), &["to", "and"]) || matches!(w[2].tok, Tok::Punct('-' | '–'));
         let (low, high) = (a.parse::<i64>().ok()?, b.parse::<i64>().ok()?);
-        (joiner && low < high && high - low <= 1_000_000).then_some((low, high))
+        (opener && joiner && low < high && high - low <= 1_000_000).then_some((low, high))
     })
 }
 
@@ -628,6 +626,16 @@ mod tests {
                 ReplyKind::Score,
                 "0",
             ),
+            (
+                "Expected: blue\nGot: Blue\nHow close is it, between 1 and 4?",
+                ReplyKind::Score,
+                "4",
+            ),
+            (
+                "Expected: blue\nGot: red\nOn a scale of 1-10, how close is it?",
+                ReplyKind::Score,
+                "1",
+            ),
         ];
         for (prompt, kind, first_line) in cases {
             let r = say(prompt);
@@ -646,6 +654,7 @@ mod tests {
         for prompt in [
             "Write 2-3 paragraphs about rivers.",
             "The USA or UK: which is larger?",
+            "The movie is of 1-2 hours.",
             "Tell me about 17 + 25 reasons.",
             "",
             "   ",

@@ -63,6 +63,15 @@ impl Shared {
     fn update(&self, patch: &serde_json::Value) -> Result<SimConfig, Error> {
         let mut slot = self.config.write().unwrap_or_else(PoisonError::into_inner);
         let next = slot.patched(patch)?;
+        if next.listen != slot.listen {
+            return Err(Error::Config {
+                key: "listen".to_owned(),
+                message: format!(
+                    "cannot change while the simulator runs (it listens on {})",
+                    slot.listen
+                ),
+            });
+        }
         *slot = Arc::new(next.clone());
         Ok(next)
     }
@@ -103,7 +112,10 @@ impl Sim {
 
     /// Like [`Sim::start`], with the given clock for rate limits, outage
     /// windows and the histogram (a [`crate::ManualClock`] in tests).
-    pub async fn start_with_clock(config: SimConfig, clock: SimClock) -> Result<SimHandle, Error> {
+    pub async fn start_with_clock(
+        mut config: SimConfig,
+        clock: SimClock,
+    ) -> Result<SimHandle, Error> {
         config.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -115,6 +127,8 @@ impl Sim {
             addr: config.listen,
             source,
         })?;
+        // The configuration in force names the real port, not port 0.
+        config.listen = addr;
         let shared = Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
             clock,
@@ -161,14 +175,14 @@ impl SimHandle {
         self.shared.stats()
     }
 
-    /// The configuration in force.
+    /// The configuration in force (`listen` is the address bound).
     pub fn config(&self) -> SimConfig {
         SimConfig::clone(&self.shared.config())
     }
 
     /// Applies a JSON merge patch to the configuration (as
     /// `POST /admin/config` does) and returns the new configuration; on
-    /// error nothing changes.
+    /// error nothing changes. Everything but `listen` can change.
     pub fn update(&self, patch: &serde_json::Value) -> Result<SimConfig, Error> {
         self.shared.update(patch)
     }

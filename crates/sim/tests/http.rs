@@ -138,12 +138,20 @@ async fn health_and_config_endpoints() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    assert_eq!(header(&r, "content-type"), "application/json");
+    let r = t.admin(&json!({"listen": "127.0.0.1:1"})).await;
+    assert_eq!(r.status(), 400);
+    assert!(error_message(r).await.contains("`listen`"));
+    assert_eq!(
+        t.sim.config().listen,
+        t.sim.addr(),
+        "the config names the bound port"
+    );
     assert_eq!(
         t.sim.config().limits.rpm,
         Some(10.0),
         "failed patches change nothing"
     );
-    assert_eq!(header(&r, "content-type"), "application/json");
 }
 
 #[tokio::test]
