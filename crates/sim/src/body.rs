@@ -140,6 +140,53 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(200));
     }
 
+    #[test]
+    fn the_body_holds_its_request_in_flight_until_dropped() {
+        let stats = std::sync::Arc::new(crate::stats::Stats::default());
+        let body = SimBody::Events(Events::new(Vec::new(), Duration::ZERO, Some(stats.enter())));
+        assert_eq!(stats.snapshot(Duration::ZERO).concurrency.current, 1);
+        drop(body);
+        assert_eq!(stats.snapshot(Duration::ZERO).concurrency.current, 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever the number of events and the failure point, the events
+        /// before it arrive in order, then the body fails exactly when asked
+        /// to (and otherwise ends cleanly).
+        #[test]
+        fn events_arrive_in_order_until_the_failure(
+            n in 0usize..20,
+            fail in proptest::option::of(0usize..20),
+        ) {
+            let fail = fail.filter(|f| *f <= n);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let (got, failed, ended) = runtime.block_on(async {
+                let events = (0..n).map(|i| Bytes::from(i.to_string())).collect();
+                let mut events = Events::new(events, Duration::ZERO, None);
+                if let Some(f) = fail {
+                    events = events.fail_after(f);
+                }
+                let mut body = SimBody::Events(events);
+                let mut got = Vec::new();
+                let mut failed = false;
+                while let Some(frame) = body.frame().await {
+                    match frame {
+                        Ok(frame) => got.push(frame.into_data().unwrap()),
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                (got, failed, body.is_end_stream())
+            });
+            let want: Vec<Bytes> = (0..fail.unwrap_or(n)).map(|i| Bytes::from(i.to_string())).collect();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(failed, fail.is_some());
+            proptest::prop_assert_eq!(ended, fail.is_none());
+        }
+    }
+
     #[tokio::test]
     async fn failing_body_sends_its_events_then_errors() {
         let mut body = SimBody::Events(

@@ -73,7 +73,8 @@
 //! *prompt + completion tokens* of the token bucket (the reply is known
 //! before the check). Over the limit: 429 with `retry-after-ms` (exact,
 //! rounded up) and `retry-after` (whole seconds, rounded up); the request
-//! takes nothing from the buckets.
+//! takes nothing from the buckets. Keys appear in `/stats` as they were
+//! sent: the simulator is for test keys.
 //!
 //! Every response that went through the limits (2xx, 429, faults) carries
 //! the limit headers of each configured limit: on `/v1/chat/completions`
@@ -92,7 +93,8 @@
 //! Each admitted request waits `latency.base` spread by `latency.jitter`
 //! (`uniform`, `normal` or `exponential`) before its headers;
 //! streamed events are `latency.stream_chunk_delay` apart. Then one seeded
-//! draw (seed `seed`, and the request's number since start or reset) picks
+//! draw (seed `seed`, and the request's number since start or reset, so the
+//! same seed and the same order of requests give the same faults) picks
 //! at most one fault: `server_error_rate` (500/502/503),
 //! `overloaded_rate` (529 `overloaded_error`), `reset_rate` (TCP reset
 //! before any byte, or — `reset_after_headers` of the time — after the
@@ -120,7 +122,7 @@
 //!    otherwise a label picked by a hash of the prompt. A short explanation
 //!    follows on the next line (never naming a label).
 //! 2. **Score.** The prompt has a range `from 1 to 10` or `between 0 and 5`
-//!    (also `1-10`), or mentions a score, rate, rating, grade or scale with
+//!    (also `from 1-10`), or mentions a score, rate, rating, grade or scale with
 //!    a range `of 1 to 10` / `of 1-10`: the reply is a number in range — the
 //!    top when expected and given match, the bottom when they differ, else
 //!    picked by hash — then an explanation line.
