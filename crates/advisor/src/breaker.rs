@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn snapshots_round_trip_and_age() {
         let t0 = Instant::now();
-        let mut b = tripped(t0);
+        let b = tripped(t0);
         let now = t0 + secs(10);
         let snap = b.snapshot(now);
         assert_eq!(

@@ -47,9 +47,10 @@ pub struct AdvisorConfig {
     /// over this time. Default `"1s"`.
     #[serde(with = "duration")]
     pub recovery_time: Duration,
-    /// Additive increase above the last good rate while the bucket is the
-    /// bottleneck: the fraction of the last good rate added per second.
-    /// Default 0.02.
+    /// Additive increase while probing near the rate that drew the last 429
+    /// (and the bucket is the bottleneck): the fraction of the rate added per
+    /// second, at most 0.1 % per success. Repeated 429s at the same rate
+    /// shrink it. Default 0.02.
     pub additive_step: f64,
     /// Growth per second of saturated use before any limit is known (slow
     /// start). Default 2.0 (doubling each second, at most once per success).

@@ -12,7 +12,7 @@ use crate::breaker::{Breaker, BreakerSnapshot, BreakerState, Gate, Transition};
 use crate::bucket::{TokenBucket, burst_for, interval_ns};
 use crate::config::{AdvisorConfig, ResolvedLimits};
 use crate::error::AdvisorError;
-use crate::learn::{Learning, RateController, Source};
+use crate::learn::{Learned, Learning, RateController, Source};
 
 /// Providers publish limits per minute; explicit limits hold in every window
 /// of this length.
@@ -373,17 +373,12 @@ impl KeyState {
 
     /// The learned state as of `now`, for persistence.
     pub fn snapshot(&self, now: Instant) -> KeySnapshot {
-        let (rate_rps, last_good_rps, learned_from) = match &self.control {
-            Some(c) => {
-                let (rate, good, source) = c.learned();
-                (Some(rate), Some(good), LearnedFrom::from(source))
-            }
-            None => (None, None, LearnedFrom::Nothing),
-        };
+        let learned = self.control.as_ref().map(RateController::learned);
         KeySnapshot {
-            rate_rps,
-            last_good_rps,
-            learned_from,
+            rate_rps: learned.map(|l| l.rate),
+            last_good_rps: learned.map(|l| l.good),
+            last_429_rps: learned.and_then(|l| l.last_429),
+            learned_from: learned.map_or(LearnedFrom::Nothing, |l| l.source.into()),
             token_rate_tps: self.token_rate(),
             paused_for_ms: self
                 .paused_until
@@ -397,8 +392,12 @@ impl KeyState {
     /// limits of the current configuration still cap every rate.
     pub fn restore(&mut self, snap: &KeySnapshot, now: Instant) {
         if let (Some(c), Some(rate)) = (&mut self.control, snap.rate_rps) {
-            let good = snap.last_good_rps.unwrap_or(rate);
-            c.restore(rate, good, snap.learned_from.into());
+            c.restore(&Learned {
+                rate,
+                good: snap.last_good_rps.unwrap_or(rate),
+                last_429: snap.last_429_rps,
+                source: snap.learned_from.into(),
+            });
         }
         self.sync_request_rate(now, true);
         if let Some(rate) = snap.token_rate_tps
@@ -489,6 +488,8 @@ pub struct KeySnapshot {
     pub rate_rps: Option<f64>,
     /// Last good request rate per second.
     pub last_good_rps: Option<f64>,
+    /// The request rate that drew the last 429.
+    pub last_429_rps: Option<f64>,
     /// Where the last good rate came from.
     pub learned_from: LearnedFrom,
     /// Token rate per second learned from headers; `None` if none.
@@ -525,6 +526,9 @@ impl KeySnapshot {
         }
         if !ok(self.last_good_rps) {
             return Err(bad("last_good_rps"));
+        }
+        if !ok(self.last_429_rps) {
+            return Err(bad("last_429_rps"));
         }
         if !ok(self.token_rate_tps) {
             return Err(bad("token_rate_tps"));
