@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use runnel_core::OutcomeClass;
 use serde::{Deserialize, Serialize};
 
+use crate::bucket::later;
+
 /// The externally visible state of a breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -190,7 +192,7 @@ impl Breaker {
         if let Gate::Probe { open_since } = self.check(now) {
             self.state = State::HalfOpen {
                 since: open_since,
-                probe_deadline: Some(now + self.probe_timeout),
+                probe_deadline: Some(later(now, self.probe_timeout)),
             };
         }
     }
@@ -208,7 +210,7 @@ impl Breaker {
                     self.trips += 1;
                     self.state = State::Open {
                         since: now,
-                        until: now + self.cooldown,
+                        until: later(now, self.cooldown),
                     };
                     Some(Transition::Opened)
                 } else {
@@ -223,7 +225,7 @@ impl Breaker {
             (State::HalfOpen { since, .. }, OutcomeClass::Transient) => {
                 self.state = State::Open {
                     since,
-                    until: now + self.cooldown,
+                    until: later(now, self.cooldown),
                 };
                 Some(Transition::Reopened)
             }
@@ -270,7 +272,10 @@ impl Breaker {
                 cooldown_left_ms,
             } => State::Open {
                 since: back(open_for_ms),
-                until: now + Duration::from_millis(cooldown_left_ms).min(self.cooldown),
+                until: later(
+                    now,
+                    Duration::from_millis(cooldown_left_ms).min(self.cooldown),
+                ),
             },
             BreakerSnapshot::HalfOpen { open_for_ms } => State::HalfOpen {
                 since: back(open_for_ms),
@@ -432,6 +437,23 @@ mod tests {
             assert_eq!(b.record(class, t0 + secs(5)), None);
         }
         assert_eq!(b.check(t0 + secs(6)), blocked(t0 + secs(30), t0));
+    }
+
+    #[test]
+    fn huge_durations_do_not_panic() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, Duration::MAX, Duration::MAX);
+        assert_eq!(b.record(T, t0), Some(Transition::Opened));
+        assert!(matches!(b.check(t0), Gate::Blocked { .. }));
+        b.restore(
+            &BreakerSnapshot::Open {
+                open_for_ms: u64::MAX,
+                cooldown_left_ms: u64::MAX,
+            },
+            u64::MAX,
+            t0,
+        );
+        assert!(matches!(b.check(t0), Gate::Blocked { .. }));
     }
 
     #[test]

@@ -232,10 +232,14 @@ fn signed_ns(a: Instant, b: Instant) -> i128 {
 /// `t + ns` for non-negative `ns`, saturating far in the future.
 fn add_ns(t: Instant, ns: i128) -> Instant {
     let ns = u64::try_from(ns.max(0)).unwrap_or(u64::MAX);
+    later(t, Duration::from_nanos(ns))
+}
+
+/// `t + d`, or a century after `t` if that cannot be represented: a time
+/// that far away means "not in this process's life", and must not panic.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
-    t.checked_add(Duration::from_nanos(ns))
-        .or_else(|| t.checked_add(far))
-        .unwrap_or(t)
+    t.checked_add(d).or_else(|| t.checked_add(far)).unwrap_or(t)
 }
 
 #[cfg(test)]

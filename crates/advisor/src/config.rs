@@ -123,7 +123,7 @@ impl KindDefault {
     /// | xai, mistral, openai_compatible | 60 RPM | one per second |
     /// | deepseek | 120 RPM | no published limit; start moderate |
     /// | together, fireworks | 300 RPM | entry tiers |
-    /// | local | unlimited | Ollama, vLLM, llama.cpp |
+    /// | local | unlimited | Ollama, vLLM, llama.cpp (600 RPM if `unlimited = false`) |
     pub fn builtin(kind: ProviderKind) -> Self {
         let rpm = match kind {
             ProviderKind::OpenAi => 500.0,

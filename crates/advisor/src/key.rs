@@ -9,7 +9,7 @@ use runnel_core::{Acquire, Observation, OutcomeClass, RateLimitHeaders, WaitReas
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, BreakerSnapshot, BreakerState, Gate, Transition};
-use crate::bucket::{TokenBucket, burst_for, interval_ns};
+use crate::bucket::{TokenBucket, burst_for, interval_ns, later};
 use crate::config::{AdvisorConfig, ResolvedLimits};
 use crate::error::AdvisorError;
 use crate::learn::{Learned, Learning, RateController, Source};
@@ -310,7 +310,7 @@ impl KeyState {
     }
 
     fn pause(&mut self, now: Instant, for_: Duration) {
-        let until = now.checked_add(for_).unwrap_or(now);
+        let until = later(now, for_);
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 

@@ -1,6 +1,6 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `Advisor` port as the engine sees it: starting rates, exact waits,
 //! pauses, headers, breaker, tokens, snapshots and metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Property tests: a bucket never grants more than `r·t + b` in any window,
 //! answers exact wait times, and an explicit limit is never exceeded in any
 //! 60-second window whatever the provider says.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Property tests of the circuit breaker state machine: whatever the order
 //! of asks, outcomes and time, it keeps the rules of DESIGN §5.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

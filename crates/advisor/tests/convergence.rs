@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Convergence against a simulated provider with a hidden limit `L`, on
 //! virtual time (see `sim/mod.rs`): the advisor starts 10× too low and 10×
 //! too high and must settle at ≥ 0.9·L with ≤ 3 % of calls rate limited.
@@ -6,6 +5,7 @@
 //! "Settled" is measured strictly: every window (not the average) of the
 //! successful calls after the convergence time must reach 0.9·L. Each case
 //! runs several seeds (`RUNNEL_TEST_FULL=1` runs more).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod sim;
 
