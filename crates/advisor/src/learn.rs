@@ -37,7 +37,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::AdvisorConfig;
+use crate::config::{AdvisorConfig, MAX_RATE};
 
 /// The learning constants, copied from [`AdvisorConfig`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -145,16 +145,19 @@ const PROBE_DOUBLING_SECS: f64 = 30.0;
 impl RateController {
     /// A controller starting at `initial` requests per second, never above
     /// `max_rate` (an explicit limit, or infinity). With a finite `max_rate`
-    /// the limit is known: there is no slow start.
+    /// the limit is known: there is no slow start. Rates never exceed
+    /// [`MAX_RATE`].
     pub fn new(learning: Learning, initial: f64, max_rate: f64, now: Instant) -> Self {
+        let known = max_rate.is_finite();
+        // A bucket cannot enforce more than one call per nanosecond; above
+        // that the rate would only grow towards infinity.
         let max_rate = if max_rate.is_nan() {
-            f64::INFINITY
+            MAX_RATE
         } else {
-            max_rate
+            max_rate.min(MAX_RATE)
         };
         let min = learning.min_rps.min(max_rate);
         let rate = clamp_rate(initial, min, max_rate);
-        let known = max_rate.is_finite();
         Self {
             learning,
             rate,
@@ -189,7 +192,7 @@ impl RateController {
         self.source
     }
 
-    /// The highest rate allowed (an explicit limit, or infinity).
+    /// The highest rate allowed (an explicit limit, or [`MAX_RATE`]).
     pub fn max_rate(&self) -> f64 {
         self.max_rate
     }

@@ -24,15 +24,24 @@ fn seeds() -> std::ops::RangeInclusive<u64> {
     }
 }
 
+/// What the simulated provider says besides 429.
+#[derive(Clone, Copy, Debug)]
+enum Says {
+    Nothing,
+    Headers,
+    RetryAfter,
+}
+
 /// Runs every seed with `limit`, started at `start · limit`, and returns the
 /// worst window rate (as a fraction of the limit) and the worst share of
 /// 429s, both measured from `from` seconds on.
-fn worst(limit: f64, start: f64, headers: bool, from: usize, window: usize) -> (f64, f64, Trace) {
+fn worst(limit: f64, start: f64, says: Says, from: usize, window: usize) -> (f64, f64, Trace) {
     let mut lowest = (f64::INFINITY, Trace::default());
     let mut rejected = 0.0f64;
     for seed in seeds() {
         let mut provider = Provider::new(limit);
-        provider.headers = headers;
+        provider.headers = matches!(says, Says::Headers);
+        provider.retry_after = matches!(says, Says::RetryAfter);
         let trace = run(
             provider,
             start * limit,
@@ -53,12 +62,12 @@ fn worst(limit: f64, start: f64, headers: bool, from: usize, window: usize) -> (
 /// Asserts that with `limit`, started 10× too low and 10× too high, every
 /// `window` after `from` seconds reaches `fraction` of the limit and at most
 /// 3 % of the calls after `from` are rate limited.
-fn check(limit: f64, headers: bool, from: usize, window: usize, fraction: f64) {
+fn check(limit: f64, says: Says, from: usize, window: usize, fraction: f64) {
     for start in [0.1, 10.0] {
-        let (rate, rejected, trace) = worst(limit, start, headers, from, window);
+        let (rate, rejected, trace) = worst(limit, start, says, from, window);
         let case = format!(
-            "limit {limit}/s, start {start}×, headers {headers}: worst {window}-s window after \
-             {from} s at {rate:.3}·L, 429s {:.2} %",
+            "limit {limit}/s, start {start}×, provider says {says:?}: worst {window}-s window \
+             after {from} s at {rate:.3}·L, 429s {:.2} %",
             rejected * 100.0
         );
         eprintln!("{case}");
@@ -71,7 +80,15 @@ fn check(limit: f64, headers: bool, from: usize, window: usize, fraction: f64) {
 fn without_headers_the_rate_settles_within_30_seconds() {
     // 300 to 60 000 requests per minute.
     for limit in [5.0, 20.0, 200.0, 1000.0] {
-        check(limit, false, 30, 10, 0.9);
+        check(limit, Says::Nothing, 30, 10, 0.9);
+    }
+}
+
+#[test]
+fn with_retry_after_the_rate_settles_within_30_seconds() {
+    // Each 429 also pauses the key until the provider has room for a call.
+    for limit in [5.0, 20.0, 200.0] {
+        check(limit, Says::RetryAfter, 30, 10, 0.9);
     }
 }
 
@@ -82,7 +99,7 @@ fn without_headers_low_limits_settle_within_a_minute() {
     // settles, but later. (Real providers at such limits send headers, see
     // below, or a retry-after.)
     for limit in [1.0, 2.0] {
-        check(limit, false, 60, 60, 0.85);
+        check(limit, Says::Nothing, 60, 60, 0.85);
     }
 }
 
@@ -91,6 +108,6 @@ fn with_headers_the_rate_settles_within_2_seconds() {
     for limit in [1.0f64, 2.0, 5.0, 20.0, 200.0, 1000.0] {
         // Windows of at least ten calls, so one call more or less is not 10 %.
         let window = (10.0 / limit).ceil().max(5.0) as usize;
-        check(limit, true, 2, window, 0.9);
+        check(limit, Says::Headers, 2, window, 0.9);
     }
 }
