@@ -164,6 +164,14 @@ pub struct ProviderLimits {
     pub unlimited: Option<bool>,
 }
 
+impl ProviderLimits {
+    /// The configuration keys of these settings. A server that keeps them in
+    /// the same `[providers.NAME]` table as the provider adapter's keys can
+    /// split the table with this list (`kind` belongs to both) and
+    /// deserialize each part with its own `deny_unknown_fields` type.
+    pub const KEYS: &'static [&'static str] = &["kind", "rpm", "tpm", "initial_rps", "unlimited"];
+}
+
 /// The limits that apply to one provider entry, resolved from the config.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ResolvedLimits {
@@ -351,6 +359,28 @@ mod tests {
             c.resolve("other").initial_rps,
             KindDefault::builtin(ProviderKind::OpenAiCompatible).initial_rps
         );
+    }
+
+    #[test]
+    fn the_listed_keys_are_exactly_the_fields() {
+        let value = serde_json::to_value(ProviderLimits {
+            kind: Some(ProviderKind::Groq),
+            rpm: Some(1),
+            tpm: Some(1),
+            initial_rps: Some(1.0),
+            unlimited: Some(false),
+        })
+        .unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        let mut keys = ProviderLimits::KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
     }
 
     #[test]
