@@ -4,7 +4,7 @@
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
 //! - `cargo xtask bench [NAME…] [--quick] [--json]`: runs benchmarks (release
-//!   build). Crate benchmarks: `core`, `call_overhead`, `sim`.
+//!   build). Crate benchmarks: `core`, `advisor`, `call_overhead`, `sim`.
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
 
 mod postgres;
@@ -51,6 +51,7 @@ enum Cmd {
 /// Crate benchmarks: (name, package, bench target).
 const CRATE_BENCHES: &[(&str, &str, &str)] = &[
     ("core", "runnel-core", "core"),
+    ("advisor", "runnel-advisor", "advisor"),
     ("call_overhead", "runnel-providers", "call_overhead"),
     ("sim", "runnel-sim", "throughput"),
 ];
