@@ -34,7 +34,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Serve the simulated LLM provider (Ctrl-C stops it).
-    Sim(runnel_sim::Args),
+    Sim(Box<runnel_sim::Args>),
     /// Run benchmarks in release mode and print their figures.
     Bench {
         /// Which benchmarks (default: all).
@@ -60,7 +60,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { full, args } => test(full, &args),
         Cmd::Bench { names, quick, json } => bench(&names, quick, json),
-        Cmd::Sim(args) => runnel_sim::run_blocking(args).map_err(Into::into),
+        Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
     }
 }
 
