@@ -3,6 +3,8 @@
 //! - `cargo xtask test [--full] [-- <cargo test args>]`: makes sure PostgreSQL
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
+//! - `cargo xtask bench [NAME…] [--quick] [--json]`: runs benchmarks (release
+//!   build). Crate benchmarks: `core`.
 
 mod postgres;
 
@@ -30,12 +32,56 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run benchmarks in release mode and print their figures.
+    Bench {
+        /// Which benchmarks (default: all).
+        names: Vec<String>,
+        /// Smaller sizes, for CI (checks that they run, not the figures).
+        #[arg(long)]
+        quick: bool,
+        /// Also print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// Crate benchmarks: (name, package, bench target).
+const CRATE_BENCHES: &[(&str, &str, &str)] = &[("core", "runnel-core", "core")];
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { full, args } => test(full, &args),
+        Cmd::Bench { names, quick, json } => bench(&names, quick, json),
     }
+}
+
+fn bench(names: &[String], quick: bool, json: bool) -> Result<()> {
+    for name in names {
+        if !CRATE_BENCHES.iter().any(|(n, _, _)| n == name) {
+            let known: Vec<&str> = CRATE_BENCHES.iter().map(|(n, _, _)| *n).collect();
+            bail!("unknown benchmark `{name}` (known: {})", known.join(", "));
+        }
+    }
+    for (name, package, target) in CRATE_BENCHES {
+        if !names.is_empty() && !names.iter().any(|n| n == name) {
+            continue;
+        }
+        let mut cmd = Command::new(cargo());
+        cmd.args(["bench", "--quiet", "-p", package, "--bench", target, "--"]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        if json {
+            cmd.arg("--json");
+        }
+        let status = cmd
+            .status()
+            .with_context(|| format!("running benchmark {name}"))?;
+        if !status.success() {
+            bail!("benchmark {name} failed ({status})");
+        }
+    }
+    Ok(())
 }
 
 fn test(full: bool, args: &[String]) -> Result<()> {

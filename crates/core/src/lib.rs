@@ -24,15 +24,20 @@
 //! `runnel-store` runs against it to prove it faithful.
 
 pub mod config;
+pub mod engine;
 pub mod error;
+mod experiment;
 pub mod ids;
+pub mod memory;
 pub mod outcome;
 pub mod ports;
 pub mod rng;
+pub mod scheduler;
 pub mod spec;
 pub mod work;
 
 pub use config::Config;
+pub use engine::{Engine, EngineHandle, Ports};
 pub use error::Error;
 pub use ids::{
     Claim, DatasetId, Epoch, EvaluatorId, ExampleId, ExperimentId, RateKey, ReplicaId, RunId,
@@ -42,8 +47,12 @@ pub use ports::{
     Acquire, Advisor, AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink,
     Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Write,
 };
+pub use scheduler::{Action, PlanKeys, Scheduler, WriteResult};
 pub use spec::{
     CallSpec, EvaluatorSpec, ExampleData, ExperimentPlan, ExperimentStatus, Message, Protocol,
     ProviderKind, QuotaScope,
 };
 pub use work::{EvalKey, EvalWork, Job, JobKind, TaskKey, TaskWork, WorkKey};
+
+#[cfg(test)]
+mod tests;

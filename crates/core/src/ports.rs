@@ -290,6 +290,8 @@ pub enum EngineEvent {
     Adopted {
         /// The claim it runs under.
         claim: Claim,
+        /// Whether it was taken over from another (dead) replica.
+        takeover: bool,
     },
     /// A run was committed.
     RunRecorded {
