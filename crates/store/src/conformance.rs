@@ -826,8 +826,8 @@ pub async fn logs_are_appended<H: Harness>(h: &H) {
     );
 }
 
-/// Edge cases: zero limits give empty pages; a missing experiment has no
-/// work and no claims; an empty claim list is fine.
+/// Edge cases: zero limits give empty pages; work pages of a missing
+/// experiment are `NotFound`; it has no claims; an empty claim list is fine.
 pub async fn missing_experiments_and_empty_pages<H: Harness>(h: &H) {
     let s = h.store();
     let (dataset, _) = h.create_dataset(2).await;
@@ -843,7 +843,10 @@ pub async fn missing_experiments_and_empty_pages<H: Harness>(h: &H) {
         s.task_page(&claim, None, 10).await,
         Err(runnel_core::Error::NotFound(x))
     );
-    assert!(s.eval_page(&claim, None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.eval_page(&claim, None, 10).await,
+        Err(runnel_core::Error::NotFound(x))
+    );
     assert!(
         s.heartbeat(std::slice::from_ref(&claim))
             .await

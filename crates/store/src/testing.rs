@@ -3,7 +3,10 @@
 //! server named by `RUNNEL_TEST_POSTGRES_URL`, so that tests run in parallel
 //! without seeing each other's rows.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+
+use futures::FutureExt;
 
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -130,6 +133,20 @@ impl TempDatabase {
                 }
             }
         }
+    }
+}
+
+/// Runs `test` with a new database of `kind`, and removes the database
+/// afterwards, also when the test panics (the panic is then passed on).
+pub async fn with_temp_db<F>(kind: DatabaseKind, test: F)
+where
+    F: AsyncFnOnce(&TempDatabase),
+{
+    let temp = TempDatabase::new(kind).await;
+    let outcome = AssertUnwindSafe(test(&temp)).catch_unwind().await;
+    temp.remove().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 

@@ -549,6 +549,13 @@ where
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // A missing experiment has no runs; say so rather than "no work".
+        Self::q(DB::sql().experiment_exists)
+            .bind(claim.experiment.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Self::err)?
+            .ok_or(StoreError::ExperimentNotFound(claim.experiment))?;
         let (after_run, after_evaluator) = match after {
             Some(k) => (k.run.0, k.evaluator.0),
             None => (i64::MIN, i64::MAX),
