@@ -77,6 +77,8 @@ CREATE TABLE runs (
 );
 -- Successful runs of an experiment in id order: the eval sweep and progress.
 CREATE INDEX runs_succeeded ON runs (experiment_id, succeeded, id);
+-- Every run of an experiment in id order: result pages.
+CREATE INDEX runs_by_experiment ON runs (experiment_id, id);
 
 CREATE TABLE annotations (
     id                INTEGER PRIMARY KEY,
@@ -96,7 +98,8 @@ CREATE TABLE annotations (
     finished_at       TEXT NOT NULL,
     UNIQUE (run_id, evaluator_id)
 );
-CREATE INDEX annotations_by_experiment ON annotations (experiment_id, succeeded);
+-- Annotations of an experiment by run: the eval sweep and progress.
+CREATE INDEX annotations_by_experiment ON annotations (experiment_id, run_id);
 CREATE INDEX annotations_by_evaluator ON annotations (evaluator_id);
 
 CREATE TABLE experiment_logs (

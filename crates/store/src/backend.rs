@@ -151,16 +151,35 @@ pub(crate) struct Sql {
     pub(crate) experiment_plan: &'static str,
     /// The experiment's evaluators in id order. Binds: 1 id → (id, name, spec).
     pub(crate) evaluators_of: &'static str,
-    /// Example × repetition pairs lacking a success and a failure under the
-    /// epoch, in key order after a cursor. Binds: 1 dataset, 2 repetitions,
-    /// 3 after example, 4 after repetition, 5 experiment, 6 epoch, 7 limit →
-    /// (example_id, repetition, input, expected, metadata).
-    pub(crate) task_page: &'static str,
-    /// Successful run × attached evaluator pairs lacking a successful
-    /// annotation and a failure under the epoch, in key order after a cursor.
-    /// Binds: 1 experiment, 2 after run, 3 after evaluator, 4 epoch, 5 limit →
-    /// (run_id, evaluator_id, example_id, output, input, expected, metadata).
-    pub(crate) eval_page: &'static str,
+    /// The next example ids of a dataset, from an id on (inclusive), in id
+    /// order. Binds: 1 dataset, 2 first id, 3 limit → (id, id) (the shape of
+    /// `succeeded_runs`: the item and its example).
+    pub(crate) example_ids: &'static str,
+    /// Runs of an experiment over an example id range that need no new
+    /// attempt under the epoch (succeeded, or failed under it). Binds:
+    /// 1 experiment, 2 first example, 3 last example, 4 epoch →
+    /// (example_id, repetition).
+    pub(crate) runs_done: &'static str,
+    /// The next successful runs of an experiment, from a run id on
+    /// (inclusive), in id order. Binds: 1 experiment, 2 first id, 3 limit →
+    /// (id, example_id).
+    pub(crate) succeeded_runs: &'static str,
+    /// The experiment's evaluator ids in order. Binds: 1 experiment → (id).
+    pub(crate) evaluator_ids: &'static str,
+    /// Annotations over a run id range that need no new attempt under the
+    /// epoch. Binds: 1 experiment, 2 first run, 3 last run, 4 epoch →
+    /// (run_id, evaluator_id).
+    pub(crate) annotations_done: &'static str,
+    /// Examples by id; an `IN (…)` list of placeholders and `)` follow →
+    /// (id, input, expected, metadata).
+    pub(crate) examples_by_id: &'static str,
+    /// Run outputs by id; an `IN (…)` list of placeholders and `)` follow →
+    /// (id, output).
+    pub(crate) outputs_by_id: &'static str,
+    /// Refreshes the planner's statistics after a large import, so the first
+    /// pages over a fresh million-example dataset use the indexes (PostgreSQL
+    /// plans from statistics; SQLite needs none).
+    pub(crate) after_import: Option<&'static str>,
 
     /// Fenced upsert of a run. Binds: 1 experiment, 2 example, 3 repetition,
     /// 4 succeeded, 5 output, 6 error, 7 attempts, 8 latency_ms,

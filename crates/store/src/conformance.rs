@@ -8,7 +8,7 @@
 //! cover) and invoking [`conformance_tests!`](crate::conformance_tests) in a
 //! test file:
 //!
-//! ```ignore
+//! ```text
 //! runnel_store::conformance_tests!(runnel_store::conformance::DbHarness::sqlite());
 //! ```
 //!
@@ -167,6 +167,7 @@ macro_rules! conformance_tests {
             plans_describe_the_experiment,
             logs_are_appended,
             missing_experiments_and_empty_pages,
+            long_sweeps_page_through_everything_once,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -854,6 +855,75 @@ pub async fn missing_experiments_and_empty_pages<H: Harness>(h: &H) {
             .is_empty()
     );
     assert!(!s.finish(&claim, &Finish::Completed).await.unwrap());
+}
+
+/// Sweeps over more work than one page or one internal scan step: paging
+/// with small limits visits every missing item exactly once, in order, and
+/// skips what is done, however it is spread.
+pub async fn long_sweeps_page_through_everything_once<H: Harness>(h: &H) {
+    let s = h.store();
+    let (dataset, examples) = h.create_dataset(1500).await;
+    let (x, evaluators) = h.create_experiment(dataset, 2, &["a", "b"]).await;
+    let claim = h.start(x, &replica("replica-a")).await;
+    // Written concurrently, as the engine does (and so that the batch
+    // writers group them).
+    let mut expected_tasks = Vec::new();
+    let mut writes = Vec::new();
+    for (i, &e) in examples.iter().enumerate() {
+        for rep in 0..2u32 {
+            let n = i * 2 + rep as usize;
+            if n.is_multiple_of(97) || (i >= 1400 && !n.is_multiple_of(89)) {
+                expected_tasks.push((e, rep));
+            } else if n.is_multiple_of(89) {
+                writes.push(s.record_run(&claim, failure(e, rep, "x", 1)));
+            } else {
+                writes.push(s.record_run(&claim, success(e, rep, "y")));
+            }
+        }
+    }
+    let mut runs: Vec<RunId> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|w| accepted_run(w.unwrap()))
+        .filter(|w| w.new_success)
+        .map(|w| w.id)
+        .collect();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.task_page(&claim, cursor, 37).await.unwrap();
+        assert!(page.len() <= 37);
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.key);
+        seen.extend(keys(&page));
+    }
+    assert_eq!(seen, expected_tasks);
+
+    runs.sort();
+    let mut expected_evals = Vec::new();
+    let mut writes = Vec::new();
+    for (i, &run) in runs.iter().enumerate() {
+        for (j, &evaluator) in evaluators.iter().enumerate() {
+            if (i + j) % 5 == 0 {
+                writes.push(s.record_annotation(&claim, verdict(run, evaluator, Some("ok"), None)));
+            } else {
+                expected_evals.push((run, evaluator));
+            }
+        }
+    }
+    for w in futures::future::join_all(writes).await {
+        assert_eq!(w.unwrap(), Write::Accepted(()));
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.eval_page(&claim, cursor, 101).await.unwrap();
+        assert!(page.len() <= 101);
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.key);
+        seen.extend(page.iter().map(|w| (w.key.run, w.key.evaluator)));
+    }
+    assert_eq!(seen, expected_evals);
 }
 
 /// The harness for [`Db`] on a throw-away SQLite file or PostgreSQL

@@ -124,28 +124,21 @@ static SQL: Sql = Sql {
     experiment_plan: "SELECT dataset_id, repetitions, max_concurrency, task
                       FROM experiments WHERE id = $1",
     evaluators_of: "SELECT id, name, spec FROM evaluators WHERE experiment_id = $1 ORDER BY id",
-    task_page: "SELECT e.id, r.rep, e.input, e.expected, e.metadata
-                FROM dataset_examples e
-                CROSS JOIN generate_series(0::bigint, $2 - 1) AS r(rep)
-                WHERE e.dataset_id = $1 AND e.id >= $3 AND (e.id > $3 OR r.rep > $4)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM runs u
-                      WHERE u.experiment_id = $5 AND u.example_id = e.id AND u.repetition = r.rep
-                        AND (u.succeeded OR u.epoch = $6))
-                ORDER BY e.id, r.rep
-                LIMIT $7",
-    eval_page: "SELECT r.id, v.id, r.example_id, r.output, e.input, e.expected, e.metadata
-                FROM runs r
-                JOIN evaluators v ON v.experiment_id = r.experiment_id
-                JOIN dataset_examples e ON e.id = r.example_id
-                WHERE r.experiment_id = $1 AND r.succeeded
-                  AND r.id >= $2 AND (r.id > $2 OR v.id > $3)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM annotations a
-                      WHERE a.run_id = r.id AND a.evaluator_id = v.id
-                        AND (a.succeeded OR a.epoch = $4))
-                ORDER BY r.id, v.id
-                LIMIT $5",
+    example_ids: "SELECT id, id FROM dataset_examples
+                  WHERE dataset_id = $1 AND id >= $2 ORDER BY id LIMIT $3",
+    runs_done: "SELECT example_id, repetition FROM runs
+                WHERE experiment_id = $1 AND example_id >= $2 AND example_id <= $3
+                  AND (succeeded OR epoch = $4)",
+    succeeded_runs: "SELECT id, example_id FROM runs
+                     WHERE experiment_id = $1 AND succeeded AND id >= $2
+                     ORDER BY id LIMIT $3",
+    evaluator_ids: "SELECT id FROM evaluators WHERE experiment_id = $1 ORDER BY id",
+    annotations_done: "SELECT run_id, evaluator_id FROM annotations
+                       WHERE experiment_id = $1 AND run_id >= $2 AND run_id <= $3
+                         AND (succeeded OR epoch = $4)",
+    examples_by_id: "SELECT id, input, expected, metadata FROM dataset_examples WHERE id IN (",
+    outputs_by_id: "SELECT id, output FROM runs WHERE id IN (",
+    after_import: Some("ANALYZE dataset_examples"),
 
     // FOR SHARE: a write waits for a concurrent change of ownership to commit
     // and is then re-checked against the new row, so no write from an old

@@ -97,29 +97,21 @@ static SQL: Sql = Sql {
     experiment_plan: "SELECT dataset_id, repetitions, max_concurrency, task
                       FROM experiments WHERE id = ?1",
     evaluators_of: "SELECT id, name, spec FROM evaluators WHERE experiment_id = ?1 ORDER BY id",
-    task_page: "WITH RECURSIVE reps(rep) AS (
-                    SELECT 0 UNION ALL SELECT rep + 1 FROM reps WHERE rep + 1 < ?2)
-                SELECT e.id, reps.rep, e.input, e.expected, e.metadata
-                FROM dataset_examples e CROSS JOIN reps
-                WHERE e.dataset_id = ?1 AND e.id >= ?3 AND (e.id > ?3 OR reps.rep > ?4)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM runs r
-                      WHERE r.experiment_id = ?5 AND r.example_id = e.id AND r.repetition = reps.rep
-                        AND (r.succeeded = 1 OR r.epoch = ?6))
-                ORDER BY e.id, reps.rep
-                LIMIT ?7",
-    eval_page: "SELECT r.id, v.id, r.example_id, r.output, e.input, e.expected, e.metadata
-                FROM runs r
-                JOIN evaluators v ON v.experiment_id = r.experiment_id
-                JOIN dataset_examples e ON e.id = r.example_id
-                WHERE r.experiment_id = ?1 AND r.succeeded = 1
-                  AND r.id >= ?2 AND (r.id > ?2 OR v.id > ?3)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM annotations a
-                      WHERE a.run_id = r.id AND a.evaluator_id = v.id
-                        AND (a.succeeded = 1 OR a.epoch = ?4))
-                ORDER BY r.id, v.id
-                LIMIT ?5",
+    example_ids: "SELECT id, id FROM dataset_examples
+                  WHERE dataset_id = ?1 AND id >= ?2 ORDER BY id LIMIT ?3",
+    runs_done: "SELECT example_id, repetition FROM runs
+                WHERE experiment_id = ?1 AND example_id >= ?2 AND example_id <= ?3
+                  AND (succeeded = 1 OR epoch = ?4)",
+    succeeded_runs: "SELECT id, example_id FROM runs
+                     WHERE experiment_id = ?1 AND succeeded = 1 AND id >= ?2
+                     ORDER BY id LIMIT ?3",
+    evaluator_ids: "SELECT id FROM evaluators WHERE experiment_id = ?1 ORDER BY id",
+    annotations_done: "SELECT run_id, evaluator_id FROM annotations
+                       WHERE experiment_id = ?1 AND run_id >= ?2 AND run_id <= ?3
+                         AND (succeeded = 1 OR epoch = ?4)",
+    examples_by_id: "SELECT id, input, expected, metadata FROM dataset_examples WHERE id IN (",
+    outputs_by_id: "SELECT id, output FROM runs WHERE id IN (",
+    after_import: None,
 
     record_run: concat!(
         run_upsert!(insert),

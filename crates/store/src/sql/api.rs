@@ -25,6 +25,8 @@ use crate::types::{
 /// Examples per multi-row insert statement (4 binds each, far below both
 /// databases' bind limits).
 const EXAMPLES_PER_STATEMENT: usize = 500;
+/// Imports of at least this many examples refresh the planner's statistics.
+const ANALYZE_AFTER: usize = 10_000;
 /// Largest page of runs or logs returned at once.
 pub(crate) const MAX_PAGE: usize = 1000;
 
@@ -102,6 +104,17 @@ where
         Ok(())
     }
 
+    /// After a large import, refreshes the planner's statistics where the
+    /// database plans from them. Best effort: a failure only costs speed.
+    async fn after_import(&self, examples: usize) {
+        if let Some(sql) = DB::sql().after_import
+            && examples >= ANALYZE_AFTER
+            && let Err(e) = Self::q(sql).execute(&self.pool).await
+        {
+            tracing::warn!(error = %e, "refreshing statistics after an import failed");
+        }
+    }
+
     fn validate_examples(examples: &[NewExample]) -> Result<(), StoreError> {
         examples
             .iter()
@@ -137,6 +150,7 @@ where
             .map_err(Self::err)?;
         Self::insert_examples(&mut tx, id, examples).await?;
         tx.commit().await.map_err(Self::err)?;
+        self.after_import(examples.len()).await;
         self.dataset(id).await
     }
 
@@ -152,6 +166,7 @@ where
         self.dataset_exists(&mut *tx, id).await?;
         Self::insert_examples(&mut tx, id, examples).await?;
         tx.commit().await.map_err(Self::err)?;
+        self.after_import(examples.len()).await;
         Ok(self.dataset(id).await?.example_count)
     }
 

@@ -10,7 +10,7 @@
 
 mod api;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,7 +25,10 @@ use runnel_core::{
 };
 use serde::{Deserialize, Serialize};
 use sqlx::query::Query;
-use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+use sqlx::{
+    AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction,
+    Type,
+};
 use uuid::Uuid;
 
 use crate::backend::Backend;
@@ -42,6 +45,14 @@ impl<DB: sqlx::Database, T> Value<DB> for T where
     T: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>
 {
 }
+
+/// Smallest and largest number of examples (or runs) read per step of a
+/// work-reconstruction scan. Steps grow from the page size to the largest
+/// while the scan finds little missing work.
+const MIN_CHUNK: usize = 256;
+const MAX_CHUNK: usize = 16_384;
+/// Ids bound in one `IN (…)` list (far below both databases' bind limits).
+const IDS_PER_STATEMENT: usize = 1000;
 
 /// How many times a lifecycle transition is re-tried when the follow-up read
 /// finds that the row changed between the statement and the read.
@@ -483,6 +494,127 @@ where
         })
     }
 
+    /// Fetches rows by id in statements of at most [`IDS_PER_STATEMENT`]
+    /// ids: `head` is the statement up to `IN (`.
+    async fn fetch_by_ids(
+        &self,
+        head: &'static str,
+        ids: &[i64],
+    ) -> Result<Vec<DB::Row>, StoreError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let mut sql = String::from(head);
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&DB::placeholder(i + 1));
+            }
+            sql.push(')');
+            // Built from placeholders only; every value is bound.
+            let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(query.fetch_all(&self.pool).await.map_err(Self::err)?);
+        }
+        Ok(rows)
+    }
+
+    /// The data of the examples `ids`, parsed once each.
+    async fn examples_by_id(
+        &self,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, Arc<ExampleData>>, StoreError> {
+        self.fetch_by_ids(DB::sql().examples_by_id, ids)
+            .await?
+            .iter()
+            .map(|row| {
+                let id: i64 = Self::get(row, 0)?;
+                Ok((id, Arc::new(Self::example_data(row, 1, id)?)))
+            })
+            .collect()
+    }
+
+    /// A keyset sweep for work reconstruction (DESIGN §3), shared by task
+    /// and eval pages. It walks "parents" in id order from the cursor's
+    /// parent on — a dataset's examples, or an experiment's successful runs —
+    /// a chunk at a time, pairs each with every child — repetitions, or
+    /// evaluators — and drops the pairs that need no new attempt under the
+    /// claim's epoch. Each step is two index range scans, so the cost does
+    /// not depend on the planner's statistics, and a page over a
+    /// million-example dataset costs what it costs over ten thousand.
+    ///
+    /// `parents` takes (owner, first id, limit) and returns (id, example id);
+    /// `done` takes (experiment, first id, last id, epoch) and returns the
+    /// (parent, child) pairs that need nothing. Returns up to `limit`
+    /// (parent, child, example) triples strictly after `after`.
+    #[allow(clippy::too_many_arguments)]
+    async fn sweep(
+        &self,
+        claim: &Claim,
+        owner: Uuid,
+        parents: &'static str,
+        done: &'static str,
+        children: &[i64],
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        let mut picked = Vec::with_capacity(limit.min(4096));
+        if children.is_empty() {
+            return Ok(picked);
+        }
+        // Inclusive: the cursor's own parent may have children left.
+        let mut from = after.map_or(i64::MIN, |a| a.0);
+        let mut chunk = limit.div_ceil(children.len()).clamp(MIN_CHUNK, MAX_CHUNK);
+        loop {
+            let batch: Vec<(i64, i64)> = Self::q(parents)
+                .bind(owner)
+                .bind(from)
+                .bind(to_i64(chunk as u64))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Self::err)?
+                .iter()
+                .map(|row| Ok((Self::get(row, 0)?, Self::get(row, 1)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let (Some(&(first, _)), Some(&(last, _))) = (batch.first(), batch.last()) else {
+                return Ok(picked);
+            };
+            let finished: HashSet<(i64, i64)> = Self::q(done)
+                .bind(claim.experiment.0)
+                .bind(first)
+                .bind(last)
+                .bind(claim.epoch.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Self::err)?
+                .iter()
+                .map(|row| Ok((Self::get(row, 0)?, Self::get(row, 1)?)))
+                .collect::<Result<_, StoreError>>()?;
+            for &(parent, example) in &batch {
+                for &child in children {
+                    let key = (parent, child);
+                    if after.is_some_and(|a| key <= a) || finished.contains(&key) {
+                        continue;
+                    }
+                    picked.push((parent, child, example));
+                    if picked.len() == limit {
+                        return Ok(picked);
+                    }
+                }
+            }
+            match last.checked_add(1) {
+                Some(next) if batch.len() == chunk => from = next,
+                _ => return Ok(picked),
+            }
+            // Mostly finished work is crossed in growing strides.
+            chunk = (chunk * 2).min(MAX_CHUNK);
+        }
+    }
+
+    /// Task work: example × repetition pairs with no success and no failure
+    /// under the claim's epoch, in key order after `after`.
     pub(crate) async fn task_page(
         &self,
         claim: &Claim,
@@ -499,47 +631,42 @@ where
             .map_err(Self::err)?
             .ok_or(StoreError::ExperimentNotFound(claim.experiment))?;
         let dataset: Uuid = Self::get(&plan, 0)?;
-        let repetitions: i64 = Self::get(&plan, 1)?;
-        let (after_example, after_rep) = match after {
-            Some(k) => (k.example.0, i64::from(k.repetition)),
-            None => (i64::MIN, i64::MAX),
-        };
-        let rows = Self::q(DB::sql().task_page)
-            .bind(dataset)
-            .bind(repetitions)
-            .bind(after_example)
-            .bind(after_rep)
-            .bind(claim.experiment.0)
-            .bind(claim.epoch.0)
-            .bind(to_i64(limit as u64))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Self::err)?;
-        let mut page = Vec::with_capacity(rows.len());
-        let mut shared: Option<(i64, Arc<ExampleData>)> = None;
-        for row in &rows {
-            let example: i64 = Self::get(row, 0)?;
-            let data = match &shared {
-                // Rows come in example order, so repetitions of one example
-                // are neighbours and share one parsed copy.
-                Some((id, data)) if *id == example => data.clone(),
-                _ => {
-                    let data = Arc::new(Self::example_data(row, 2, example)?);
-                    shared = Some((example, data.clone()));
-                    data
-                }
-            };
-            page.push(TaskWork {
-                key: TaskKey {
-                    example: ExampleId(example),
-                    repetition: to_u32(Self::get(row, 1)?, "repetition")?,
-                },
-                data,
-            });
-        }
-        Ok(page)
+        let repetitions: Vec<i64> = (0..Self::get::<i64>(&plan, 1)?).collect();
+        let after = after.map(|k| (k.example.0, i64::from(k.repetition)));
+        let sql = DB::sql();
+        let picked = self
+            .sweep(
+                claim,
+                dataset,
+                sql.example_ids,
+                sql.runs_done,
+                &repetitions,
+                after,
+                limit,
+            )
+            .await?;
+        let mut examples: Vec<i64> = picked.iter().map(|p| p.0).collect();
+        examples.dedup();
+        let data = self.examples_by_id(&examples).await?;
+        picked
+            .into_iter()
+            .map(|(example, repetition, _)| {
+                Ok(TaskWork {
+                    key: TaskKey {
+                        example: ExampleId(example),
+                        repetition: to_u32(repetition, "repetition")?,
+                    },
+                    data: data.get(&example).cloned().ok_or_else(|| {
+                        StoreError::corrupt(format!("example {example} vanished"))
+                    })?,
+                })
+            })
+            .collect()
     }
 
+    /// Eval work: successful run × attached evaluator pairs with no
+    /// successful annotation and no failure under the claim's epoch, in key
+    /// order after `after`.
     pub(crate) async fn eval_page(
         &self,
         claim: &Claim,
@@ -549,62 +676,74 @@ where
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // A missing experiment has no runs; say so rather than "no work".
-        Self::q(DB::sql().experiment_exists)
+        let evaluators: Vec<i64> = Self::q(DB::sql().evaluator_ids)
             .bind(claim.experiment.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Self::err)?
-            .ok_or(StoreError::ExperimentNotFound(claim.experiment))?;
-        let (after_run, after_evaluator) = match after {
-            Some(k) => (k.run.0, k.evaluator.0),
-            None => (i64::MIN, i64::MAX),
-        };
-        let rows = Self::q(DB::sql().eval_page)
-            .bind(claim.experiment.0)
-            .bind(after_run)
-            .bind(after_evaluator)
-            .bind(claim.epoch.0)
-            .bind(to_i64(limit as u64))
             .fetch_all(&self.pool)
             .await
-            .map_err(Self::err)?;
-        let mut page = Vec::with_capacity(rows.len());
-        // Several runs (repetitions) and evaluators share an example; parse
-        // each example and each output once per page.
-        let mut examples: HashMap<i64, Arc<ExampleData>> = HashMap::new();
-        let mut last_output: Option<(i64, Arc<str>)> = None;
-        for row in &rows {
-            let run: i64 = Self::get(row, 0)?;
-            let example: i64 = Self::get(row, 2)?;
-            let data = match examples.get(&example) {
-                Some(data) => data.clone(),
-                None => {
-                    let data = Arc::new(Self::example_data(row, 4, example)?);
-                    examples.insert(example, data.clone());
-                    data
-                }
-            };
-            let output = match &last_output {
-                Some((id, output)) if *id == run => output.clone(),
-                _ => {
-                    let text: Option<String> = Self::get(row, 3)?;
-                    let output: Arc<str> = text.unwrap_or_default().into();
-                    last_output = Some((run, output.clone()));
-                    output
-                }
-            };
-            page.push(EvalWork {
-                key: EvalKey {
-                    run: RunId(run),
-                    evaluator: EvaluatorId(Self::get(row, 1)?),
-                },
-                example: ExampleId(example),
-                data,
-                output,
-            });
+            .map_err(Self::err)?
+            .iter()
+            .map(|row| Self::get(row, 0))
+            .collect::<Result<_, _>>()?;
+        if evaluators.is_empty() {
+            // Either no evaluator is attached, or the experiment is gone.
+            Self::q(DB::sql().experiment_exists)
+                .bind(claim.experiment.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Self::err)?
+                .ok_or(StoreError::ExperimentNotFound(claim.experiment))?;
+            return Ok(Vec::new());
         }
-        Ok(page)
+        let after = after.map(|k| (k.run.0, k.evaluator.0));
+        let sql = DB::sql();
+        let picked = self
+            .sweep(
+                claim,
+                claim.experiment.0,
+                sql.succeeded_runs,
+                sql.annotations_done,
+                &evaluators,
+                after,
+                limit,
+            )
+            .await?;
+        let mut runs: Vec<i64> = picked.iter().map(|p| p.0).collect();
+        runs.dedup();
+        let outputs: HashMap<i64, Arc<str>> = self
+            .fetch_by_ids(sql.outputs_by_id, &runs)
+            .await?
+            .iter()
+            .map(|row| {
+                let output: Option<String> = Self::get(row, 1)?;
+                Ok((Self::get(row, 0)?, output.unwrap_or_default().into()))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let mut examples: Vec<i64> = picked.iter().map(|p| p.2).collect();
+        examples.sort_unstable();
+        examples.dedup();
+        let data = self.examples_by_id(&examples).await?;
+        picked
+            .into_iter()
+            .map(|(run, evaluator, example)| {
+                let missing =
+                    |what: &str| StoreError::corrupt(format!("{what} of run {run} vanished"));
+                Ok(EvalWork {
+                    key: EvalKey {
+                        run: RunId(run),
+                        evaluator: EvaluatorId(evaluator),
+                    },
+                    example: ExampleId(example),
+                    data: data
+                        .get(&example)
+                        .cloned()
+                        .ok_or_else(|| missing("the example"))?,
+                    output: outputs
+                        .get(&run)
+                        .cloned()
+                        .ok_or_else(|| missing("the output"))?,
+                })
+            })
+            .collect()
     }
 
     // ----- fenced writes ----------------------------------------------------
