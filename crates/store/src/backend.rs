@@ -1,0 +1,247 @@
+//! What differs between the databases: the SQL text, placeholders, how a
+//! write transaction begins, which error codes are worth retrying, and the
+//! embedded migrations. Everything else (the lifecycle rules, fencing
+//! decisions, batching, result mapping) is written once, generic over
+//! [`Backend`], in the `sql` module.
+
+use sqlx::migrate::Migrator;
+
+// SQL fragments that are the same text in every dialect. `concat!` only
+// takes literals, hence macros.
+
+/// The select list of a dataset view.
+macro_rules! dataset_view {
+    () => {
+        "SELECT d.id, d.name, d.created_at,
+                (SELECT COUNT(*) FROM dataset_examples e WHERE e.dataset_id = d.id)
+         FROM datasets d "
+    };
+}
+pub(crate) use dataset_view;
+
+/// The columns a run upsert writes, and what a replacing write sets.
+macro_rules! run_upsert {
+    (insert) => {
+        "INSERT INTO runs (experiment_id, example_id, repetition, succeeded, output, error, attempts,
+                           latency_ms, total_latency_ms, prompt_tokens, completion_tokens, epoch,
+                           started_at, finished_at) "
+    };
+    (update) => {
+        " ON CONFLICT (experiment_id, example_id, repetition) DO UPDATE SET
+             succeeded = excluded.succeeded, output = excluded.output, error = excluded.error,
+             attempts = excluded.attempts, latency_ms = excluded.latency_ms,
+             total_latency_ms = excluded.total_latency_ms, prompt_tokens = excluded.prompt_tokens,
+             completion_tokens = excluded.completion_tokens, epoch = excluded.epoch,
+             started_at = excluded.started_at, finished_at = excluded.finished_at "
+    };
+}
+pub(crate) use run_upsert;
+
+/// The columns an annotation upsert writes, and what a replacing write sets.
+macro_rules! annotation_upsert {
+    (insert) => {
+        "INSERT INTO annotations (experiment_id, run_id, evaluator_id, succeeded, label, score,
+                                  explanation, error, attempts, latency_ms, prompt_tokens,
+                                  completion_tokens, epoch, finished_at) "
+    };
+    (update) => {
+        " ON CONFLICT (run_id, evaluator_id) DO UPDATE SET
+             succeeded = excluded.succeeded, label = excluded.label, score = excluded.score,
+             explanation = excluded.explanation, error = excluded.error,
+             attempts = excluded.attempts, latency_ms = excluded.latency_ms,
+             prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens,
+             epoch = excluded.epoch, finished_at = excluded.finished_at "
+    };
+}
+pub(crate) use annotation_upsert;
+
+/// The select lists of the run and annotation views.
+macro_rules! result_view {
+    (runs) => {
+        "SELECT id, example_id, repetition, output, error, attempts, latency_ms,
+                total_latency_ms, prompt_tokens, completion_tokens, epoch, started_at, finished_at
+         FROM runs "
+    };
+    (annotations) => {
+        "SELECT a.run_id, v.name, a.evaluator_id, a.label, a.score, a.explanation, a.error,
+                a.attempts, a.latency_ms, a.prompt_tokens, a.completion_tokens, a.epoch
+         FROM annotations a JOIN evaluators v ON v.id = a.evaluator_id "
+    };
+}
+pub(crate) use result_view;
+
+/// The fence of DESIGN §4, on the experiment row `x`: it exists, still has
+/// the writer's epoch, and names the writer or nobody. A user stop clears the
+/// owner but keeps the epoch, so the stopped run's in-flight results are kept;
+/// every claim increments the epoch, so writes from before it are refused.
+macro_rules! fence {
+    ($id:literal, $epoch:literal, $replica:literal) => {
+        concat!(
+            "x.id = ",
+            $id,
+            " AND x.epoch = ",
+            $epoch,
+            " AND (x.claimed_by = ",
+            $replica,
+            " OR x.claimed_by IS NULL)"
+        )
+    };
+}
+pub(crate) use fence;
+
+/// A database runnel can use, with its dialect.
+pub(crate) trait Backend: sqlx::Database {
+    /// The statement that opens a transaction that will write. SQLite takes
+    /// the write lock at once (`BEGIN IMMEDIATE`) so that a transaction never
+    /// has to upgrade a read lock, which SQLite refuses without waiting.
+    const BEGIN_WRITE: &'static str;
+
+    /// The statements, in this database's dialect.
+    fn sql() -> &'static Sql;
+
+    /// The embedded migrations of this database.
+    fn migrator() -> &'static Migrator;
+
+    /// The `n`-th (1-based) bind placeholder, for statements built at run
+    /// time (multi-row inserts).
+    fn placeholder(n: usize) -> String;
+
+    /// Applies the embedded migrations that the database lacks.
+    fn run_migrations(
+        pool: &sqlx::Pool<Self>,
+    ) -> futures::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
+
+    /// Whether a database error code means "try again later" (locked, busy,
+    /// connection lost, deadlock, shutting down).
+    fn is_transient(code: &str) -> bool;
+}
+
+/// Every statement the store runs, per database. Binds are listed as
+/// `1 name, 2 name, …`; "→" lists the returned columns. A `claim` bind triple
+/// is (experiment id, replica text, epoch).
+pub(crate) struct Sql {
+    /// Claims back RUNNING experiments owned by a replica with a new epoch.
+    /// Binds: 1 replica → (id, epoch).
+    pub(crate) reclaim_own: &'static str,
+    /// Claims RUNNING experiments whose claim is older than the lease, or
+    /// missing. Binds: 1 replica, 2 lease in ms → (id, epoch).
+    pub(crate) take_over_orphans: &'static str,
+    /// Renews one claim. Binds: 1 id, 2 replica, 3 epoch → (id).
+    pub(crate) heartbeat: &'static str,
+    /// Expires one claim (status stays RUNNING). Binds: 1 id, 2 replica, 3 epoch.
+    pub(crate) release: &'static str,
+    /// Ends an experiment while the claim still owns it. Binds: 1 id,
+    /// 2 replica, 3 epoch, 4 status, 5 last_error → (id).
+    pub(crate) finish: &'static str,
+    /// Start or resume: claims an unclaimed experiment whose cooldown is over,
+    /// setting a new cooldown when given. Binds: 1 id, 2 replica, 3 cooldown
+    /// in ms or NULL → (epoch).
+    pub(crate) claim: &'static str,
+    /// Stops a RUNNING experiment whose cooldown is over and clears its claim
+    /// (the epoch stays). Binds: 1 id, 2 cooldown in ms → (id).
+    pub(crate) stop: &'static str,
+    /// Why a transition matched nothing. Binds: 1 id → (status, claimed_by,
+    /// cooldown left in ms as a float or NULL).
+    pub(crate) diagnose: &'static str,
+    /// Deletes an experiment and, by cascade, everything it owns. Binds: 1 id → (id).
+    pub(crate) delete_experiment: &'static str,
+
+    /// What a plan needs from the experiment row. Binds: 1 id →
+    /// (dataset_id, repetitions, max_concurrency, task).
+    pub(crate) experiment_plan: &'static str,
+    /// The experiment's evaluators in id order. Binds: 1 id → (id, name, spec).
+    pub(crate) evaluators_of: &'static str,
+    /// The next example ids of a dataset, from an id on (inclusive), in id
+    /// order. Binds: 1 dataset, 2 first id, 3 limit → (id, id) (the shape of
+    /// `succeeded_runs`: the item and its example).
+    pub(crate) example_ids: &'static str,
+    /// Runs of an experiment over an example id range that need no new
+    /// attempt under the epoch (succeeded, or failed under it). Binds:
+    /// 1 experiment, 2 first example, 3 last example, 4 epoch →
+    /// (example_id, repetition).
+    pub(crate) runs_done: &'static str,
+    /// The next successful runs of an experiment, from a run id on
+    /// (inclusive), in id order. Binds: 1 experiment, 2 first id, 3 limit →
+    /// (id, example_id).
+    pub(crate) succeeded_runs: &'static str,
+    /// The experiment's evaluator ids in order. Binds: 1 experiment → (id).
+    pub(crate) evaluator_ids: &'static str,
+    /// Annotations over a run id range that need no new attempt under the
+    /// epoch. Binds: 1 experiment, 2 first run, 3 last run, 4 epoch →
+    /// (run_id, evaluator_id).
+    pub(crate) annotations_done: &'static str,
+    /// Examples by id; an `IN (…)` list of placeholders and `)` follow →
+    /// (id, input, expected, metadata).
+    pub(crate) examples_by_id: &'static str,
+    /// Run outputs by id; an `IN (…)` list of placeholders and `)` follow →
+    /// (id, output).
+    pub(crate) outputs_by_id: &'static str,
+    /// Refreshes the planner's statistics after a large import, so the first
+    /// pages over a fresh million-example dataset use the indexes (PostgreSQL
+    /// plans from statistics; SQLite needs none).
+    pub(crate) after_import: Option<&'static str>,
+
+    /// Fenced upsert of a run. Binds: 1 experiment, 2 example, 3 repetition,
+    /// 4 succeeded, 5 output, 6 error, 7 attempts, 8 latency_ms,
+    /// 9 total_latency_ms, 10 prompt_tokens, 11 completion_tokens, 12 epoch,
+    /// 13 replica → (id) when a row was inserted or a failure replaced.
+    pub(crate) record_run: &'static str,
+    /// Why a run upsert returned nothing. Binds: 1 experiment, 2 example,
+    /// 3 repetition, 4 epoch, 5 replica → (fence holds, id of the existing success).
+    pub(crate) run_diagnosis: &'static str,
+    /// Fenced upsert of an annotation. Binds: 1 experiment, 2 run,
+    /// 3 evaluator, 4 succeeded, 5 label, 6 score, 7 explanation, 8 error,
+    /// 9 attempts, 10 latency_ms, 11 prompt_tokens, 12 completion_tokens,
+    /// 13 epoch, 14 replica → (id).
+    pub(crate) record_annotation: &'static str,
+    /// Why an annotation upsert returned nothing. Binds: 1 experiment, 2 run,
+    /// 3 evaluator, 4 epoch, 5 replica → (fence holds, id of the existing success).
+    pub(crate) annotation_diagnosis: &'static str,
+    /// Appends a log entry when the experiment exists. Binds: 1 experiment,
+    /// 2 level, 3 message → (id).
+    pub(crate) log: &'static str,
+
+    /// Examples of a dataset in id order. Binds: 1 dataset, 2 after id,
+    /// 3 limit → (id, input, expected, metadata).
+    pub(crate) examples_page: &'static str,
+    /// Binds: 1 id → (1) when the dataset exists.
+    pub(crate) dataset_exists: &'static str,
+    /// Binds: 1 id, 2 name.
+    pub(crate) insert_dataset: &'static str,
+    /// The head of a multi-row example insert; rows of four placeholders
+    /// (dataset, input, expected, metadata) follow.
+    pub(crate) insert_examples_head: &'static str,
+    /// One dataset. Binds: 1 id → (id, name, created_at, example_count).
+    pub(crate) dataset: &'static str,
+    /// Every dataset, oldest first → (id, name, created_at, example_count).
+    pub(crate) datasets: &'static str,
+    /// Binds: 1 id, 2 name, 3 dataset, 4 repetitions, 5 max_concurrency, 6 task.
+    pub(crate) insert_experiment: &'static str,
+    /// Binds: 1 experiment, 2 name, 3 spec → (id).
+    pub(crate) insert_evaluator: &'static str,
+    /// One experiment with its progress. Binds: 1 id → the view columns.
+    pub(crate) experiment: &'static str,
+    /// Experiments, oldest first, filtered. Binds: 1 dataset or NULL,
+    /// 2 status or NULL → the view columns.
+    pub(crate) experiments: &'static str,
+    /// Binds: 1 id → (1) when the experiment exists.
+    pub(crate) experiment_exists: &'static str,
+    /// A page of runs in id order. Binds: 1 experiment, 2 after id, 3 limit →
+    /// the run columns.
+    pub(crate) runs_page: &'static str,
+    /// The annotations of the runs whose ids lie in a range. Binds:
+    /// 1 experiment, 2 first run, 3 last run → the annotation columns.
+    pub(crate) annotations_of_runs: &'static str,
+    /// Log entries newest first. Binds: 1 experiment, 2 before id, 3 limit →
+    /// (id, level, message, created_at).
+    pub(crate) logs: &'static str,
+    /// Upserts an advisor state. Binds: 1 key, 2 state.
+    pub(crate) save_rate_state: &'static str,
+    /// Every advisor state → (key, state).
+    pub(crate) load_rate_state: &'static str,
+    /// → (1) when the migrations table exists.
+    pub(crate) migrations_table_exists: &'static str,
+    /// → (highest successfully applied version or NULL, whether a failed
+    /// migration is recorded).
+    pub(crate) migration_state: &'static str,
+}

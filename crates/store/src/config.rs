@@ -1,0 +1,197 @@
+//! The store's configuration (`[store]` in `runnel.toml`), with documented
+//! defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+/// How to reach the database and how to batch writes.
+///
+/// ```
+/// let config: runnel_store::StoreConfig =
+///     serde_json::from_str(r#"{"url": "sqlite://demo.db", "batch_window": "5ms"}"#).unwrap();
+/// assert_eq!(config.batch_size, 64);
+/// config.validate().unwrap();
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Database URL: `sqlite://runnel.db` (a file, created when missing),
+    /// `sqlite::memory:` (a private in-memory database, for experiments), or
+    /// `postgres://user@host:5432/db`. Default `sqlite://runnel.db`.
+    pub url: String,
+    /// Most connections the pool opens. Default 10.
+    pub max_connections: u32,
+    /// Connections kept open when idle. Default 0.
+    pub min_connections: u32,
+    /// How long a caller waits for a free connection before the call fails as
+    /// unavailable. Default 10s.
+    #[serde(with = "runnel_core::config::duration")]
+    pub acquire_timeout: Duration,
+    /// SQLite only: how long a statement waits for another writer to finish
+    /// before failing as unavailable. Default 5s.
+    #[serde(with = "runnel_core::config::duration")]
+    pub busy_timeout: Duration,
+    /// Most run/annotation writes committed together in one transaction.
+    /// Default 64.
+    pub batch_size: usize,
+    /// How long the first write of a group waits for company before the group
+    /// is committed anyway. Default 2ms.
+    #[serde(with = "runnel_core::config::duration")]
+    pub batch_window: Duration,
+    /// Writes queued for the batch writers before callers wait. Default 1024.
+    pub batch_queue: usize,
+    /// Batch writers working in parallel, each committing its own groups.
+    /// SQLite has one writer at a time anyway; PostgreSQL gains from 2 or more.
+    /// Default 2.
+    pub batch_writers: usize,
+    /// Apply pending migrations when connecting. When false, connecting to a
+    /// database that lacks migrations fails with a message to run
+    /// `runnel migrate`. Default true.
+    pub auto_migrate: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://runnel.db".to_owned(),
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(5),
+            batch_size: 64,
+            batch_window: Duration::from_millis(2),
+            batch_queue: 1024,
+            batch_writers: 2,
+            auto_migrate: true,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// A default configuration for `url`.
+    pub fn for_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), StoreError> {
+            Err(StoreError::Config {
+                key,
+                message: message.into(),
+            })
+        }
+        if crate::db::DatabaseKind::of_url(&self.url).is_none() {
+            return bad(
+                "url",
+                format!(
+                    "`{}` is not a database URL (use sqlite://FILE, sqlite::memory: or postgres://…)",
+                    redact_url(&self.url)
+                ),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.min_connections > self.max_connections {
+            return bad("min_connections", "must not exceed max_connections");
+        }
+        if self.acquire_timeout.is_zero() {
+            return bad("acquire_timeout", "must be greater than zero");
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return bad("batch_size", "must be between 1 and 1000");
+        }
+        if self.batch_window > Duration::from_secs(1) {
+            return bad(
+                "batch_window",
+                "must be at most 1s (a few milliseconds is typical)",
+            );
+        }
+        if self.batch_queue < self.batch_size {
+            return bad("batch_queue", "must be at least batch_size");
+        }
+        if self.batch_writers == 0 {
+            return bad("batch_writers", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            let masked = if user_info.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_durations_read_as_text() {
+        StoreConfig::default().validate().unwrap();
+        let c: StoreConfig =
+            serde_json::from_str(r#"{"batch_window": "10ms", "busy_timeout": 2}"#).unwrap();
+        assert_eq!(c.batch_window, Duration::from_millis(10));
+        assert_eq!(c.busy_timeout, Duration::from_secs(2));
+        let err = serde_json::from_str::<StoreConfig>(r#"{"batch_sise": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("batch_sise"));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let key = |c: StoreConfig| match c.validate() {
+            Err(StoreError::Config { key, .. }) => key,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert_eq!(key(StoreConfig::for_url("mysql://x")), "url");
+        let c = StoreConfig {
+            batch_size: 0,
+            ..StoreConfig::default()
+        };
+        assert_eq!(key(c), "batch_size");
+        let c = StoreConfig {
+            batch_queue: 10,
+            ..StoreConfig::default()
+        };
+        assert_eq!(key(c), "batch_queue");
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://me:secret@db:5432/x?sslmode=require"),
+            "postgres://me:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://me@db/x"), "postgres://me@db/x");
+        assert_eq!(redact_url("sqlite://runnel.db"), "sqlite://runnel.db");
+        let err = StoreConfig::for_url("mysql://u:pw@h/x")
+            .validate()
+            .unwrap_err();
+        assert!(!err.to_string().contains("pw"));
+    }
+}
