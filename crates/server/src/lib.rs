@@ -1,1 +1,26 @@
-//! Placeholder; see the crate issue.
+//! # runnel-server
+//!
+//! The `runnel` binary as a library: configuration ([`config`]), the HTTP API
+//! ([`api::app`]), the command line ([`cli`]), observability ([`telemetry`])
+//! and the wiring that builds the adapters and hands them to the engine
+//! ([`runtime`]).
+//!
+//! **Architecture invariant:** this crate is thin. It parses configuration,
+//! builds the store, providers and advisor, starts the core's engine, and
+//! exposes the HTTP API and the CLI. No scheduling decision lives here: which
+//! call runs next, retries, backoff, rate limits and completion are decided in
+//! `runnel-core` and `runnel-advisor`.
+
+pub mod api;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod lifecycle;
+pub mod runtime;
+pub mod state;
+pub mod telemetry;
+
+pub use api::app;
+pub use config::RunnelConfig;
+pub use runtime::Runtime;
+pub use state::AppState;

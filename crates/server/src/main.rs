@@ -1,2 +1,5 @@
-//! The runnel binary.
-fn main() {}
+//! The `runnel` binary: see `runnel --help`.
+
+fn main() -> std::process::ExitCode {
+    runnel_server::cli::main()
+}

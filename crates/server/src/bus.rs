@@ -1,0 +1,69 @@
+//! The engine's event sink: counts every event in the metrics and forwards
+//! it to the event streams (`GET /v1/experiments/{id}/events`) of its
+//! experiment. Never blocks: streams that fall behind lose events (and catch
+//! up from the database), experiments nobody watches cost one map lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use runnel_core::{EngineEvent, EventSink, ExperimentId};
+use tokio::sync::broadcast;
+
+use crate::telemetry::Metrics;
+
+/// Events buffered per watched experiment before a slow stream lags.
+const CAPACITY: usize = 4096;
+
+/// Fans engine events out to metrics and event streams.
+#[derive(Debug)]
+pub struct Bus {
+    metrics: Arc<Metrics>,
+    channels: Mutex<HashMap<ExperimentId, broadcast::Sender<Arc<EngineEvent>>>>,
+}
+
+impl Bus {
+    /// A bus counting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Receives the events of one experiment from now on.
+    pub fn subscribe(&self, experiment: ExperimentId) -> broadcast::Receiver<Arc<EngineEvent>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(experiment)
+            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .subscribe()
+    }
+}
+
+/// The experiment an event belongs to.
+fn experiment_of(event: &EngineEvent) -> ExperimentId {
+    match event {
+        EngineEvent::Adopted { claim, .. } => claim.experiment,
+        EngineEvent::RunRecorded { experiment, .. }
+        | EngineEvent::AnnotationRecorded { experiment, .. }
+        | EngineEvent::Chunk { experiment, .. }
+        | EngineEvent::CallFinished { experiment, .. }
+        | EngineEvent::WriteFenced { experiment }
+        | EngineEvent::WriteAbandoned { experiment, .. }
+        | EngineEvent::Departed { experiment, .. } => *experiment,
+    }
+}
+
+impl EventSink for Bus {
+    fn emit(&self, event: EngineEvent) {
+        self.metrics.record(&event);
+        let id = experiment_of(&event);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = channels.get(&id)
+            && tx.send(Arc::new(event)).is_err()
+        {
+            // Nobody listens any more.
+            channels.remove(&id);
+        }
+    }
+}

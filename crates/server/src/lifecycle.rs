@@ -1,0 +1,85 @@
+//! The lifecycle operations of DESIGN §4 as the API, `runnel run` and
+//! `runnel demo` perform them: one conditional statement in the store, then
+//! the local engine is told. Whoever changes ownership in the database is the
+//! one who writes it; the engine never writes a status for a user toggle.
+
+use runnel_core::{ExperimentId, ExperimentStatus};
+use runnel_store::Transition;
+
+use crate::api::error::ApiError;
+use crate::state::AppState;
+
+fn not_found(id: ExperimentId) -> ApiError {
+    ApiError::NotFound {
+        what: "experiment",
+        id: id.to_string(),
+    }
+}
+
+fn engine_gone(e: runnel_core::Error) -> ApiError {
+    ApiError::Internal(format!("the engine is not running: {e}"))
+}
+
+/// Starts a stopped experiment on this replica (no cooldown: used right
+/// after creation). Returns the status afterwards.
+pub async fn start(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
+    match state.db.start(id, &state.replica).await? {
+        Transition::Done(claim) => {
+            state.engine.adopt(claim).map_err(engine_gone)?;
+            Ok(ExperimentStatus::Running)
+        }
+        Transition::AlreadyInState(status) => Ok(status),
+        Transition::Cooldown { remaining } => Err(cooldown(remaining)),
+        Transition::NotFound => Err(not_found(id)),
+    }
+}
+
+/// Resumes an experiment (a user toggle, subject to the cooldown): it runs
+/// whatever is missing — new examples, new evaluators, failed runs — and
+/// completes at once when nothing is.
+pub async fn resume(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
+    let cooldown_time = state.config.scheduler.cooldown;
+    match state.db.resume(id, &state.replica, cooldown_time).await? {
+        Transition::Done(claim) => {
+            state.engine.adopt(claim).map_err(engine_gone)?;
+            Ok(ExperimentStatus::Running)
+        }
+        Transition::AlreadyInState(status) => Ok(status),
+        Transition::Cooldown { remaining } => Err(cooldown(remaining)),
+        Transition::NotFound => Err(not_found(id)),
+    }
+}
+
+/// Stops an experiment wherever it runs: the store clears the claim (and on
+/// PostgreSQL notifies the owner); the local engine lets in-flight calls
+/// finish and records them.
+pub async fn stop(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
+    match state.db.stop(id, state.config.scheduler.cooldown).await? {
+        Transition::Done(()) => {
+            state.engine.stop(id).map_err(engine_gone)?;
+            Ok(ExperimentStatus::Stopped)
+        }
+        Transition::AlreadyInState(status) => Ok(status),
+        Transition::Cooldown { remaining } => Err(cooldown(remaining)),
+        Transition::NotFound => Err(not_found(id)),
+    }
+}
+
+/// Deletes an experiment wherever it runs.
+pub async fn delete(state: &AppState, id: ExperimentId) -> Result<(), ApiError> {
+    if !state.db.delete_experiment(id).await? {
+        return Err(not_found(id));
+    }
+    state.engine.forget(id).map_err(engine_gone)?;
+    Ok(())
+}
+
+fn cooldown(remaining: std::time::Duration) -> ApiError {
+    ApiError::Conflict {
+        detail: format!(
+            "the experiment was stopped or resumed less than the cooldown ago; try again in {:.1}s",
+            remaining.as_secs_f64()
+        ),
+        retry_after: Some(remaining),
+    }
+}

@@ -1,0 +1,355 @@
+//! Observability (DESIGN §9): the tracing subscriber (human or JSON lines),
+//! OpenTelemetry traces and metrics exported by OTLP when `otel.endpoint` is
+//! set, and the metrics registry behind `GET /metrics`.
+//!
+//! Metrics are OpenTelemetry instruments read by two readers: the Prometheus
+//! registry that `/metrics` renders, and (when configured) the OTLP exporter.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prometheus::{Encoder, TextEncoder};
+use runnel_advisor::Advisor;
+use runnel_core::engine::EngineHandle;
+use runnel_core::{Departure, EngineEvent, ExperimentStatus, OutcomeClass};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, RunnelConfig};
+
+/// Installs the global tracing subscriber: the configured format and filter,
+/// plus an OpenTelemetry layer when `otel.endpoint` is set. Returns the tracer
+/// provider to flush at exit. Installing twice (tests) keeps the first.
+pub fn init_tracing(config: &RunnelConfig) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .map_err(|e| anyhow::anyhow!("invalid configuration `log.filter`: {e}"))?;
+    let provider = match &config.otel.endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()?;
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource(config))
+                    .build(),
+            )
+        }
+        None => None,
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("runnel")));
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let result = match config.log.format {
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    // Already installed (several servers in one test process): keep it.
+    drop(result);
+    Ok(provider)
+}
+
+fn resource(config: &RunnelConfig) -> Resource {
+    Resource::builder()
+        .with_service_name(config.otel.service_name.clone())
+        .build()
+}
+
+/// Where slot figures come from (set once the engine exists).
+type EngineCell = Arc<OnceLock<EngineHandle>>;
+
+/// Every metric of DESIGN §9.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    provider: SdkMeterProvider,
+    jobs: Counter<u64>,
+    rate_limited: Counter<u64>,
+    latency: Histogram<f64>,
+    runs: Counter<u64>,
+    annotations: Counter<u64>,
+    fenced: Counter<u64>,
+    abandoned: Counter<u64>,
+    takeovers: Counter<u64>,
+    departures: Counter<u64>,
+    experiments: Gauge<u64>,
+    engine: EngineCell,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Builds the instruments. Advisor figures (rates, breakers, 429s per
+    /// key) and slot figures are read when metrics are collected.
+    pub fn new(config: &RunnelConfig, advisor: Arc<Advisor>) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let prometheus_reader = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .scope_info_enabled(false)
+            .without_target_info()
+            .build()?;
+        let mut builder = SdkMeterProvider::builder()
+            .with_reader(prometheus_reader)
+            .with_resource(resource(config));
+        if let Some(endpoint) = &config.otel.endpoint {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/metrics", endpoint.trim_end_matches('/')))
+                .build()?;
+            builder = builder.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(config.otel.metrics_interval)
+                    .build(),
+            );
+        }
+        let provider = builder.build();
+        let meter = provider.meter("runnel");
+        let engine: EngineCell = Arc::new(OnceLock::new());
+
+        let slots = engine.clone();
+        let max = config.scheduler.max_concurrency as u64;
+        let _slots_in_use = meter
+            .u64_observable_gauge("runnel_slots_in_use")
+            .with_description("Provider calls under way (global slots in use)")
+            .with_callback(move |o| {
+                if let Some(e) = slots.get() {
+                    o.observe(e.stats().slots_in_use() as u64, &[]);
+                }
+            })
+            .build();
+        let _slots_total = meter
+            .u64_observable_gauge("runnel_slots")
+            .with_description("Global slots (max_concurrency)")
+            .with_callback(move |o| o.observe(max, &[]))
+            .build();
+        let utilisation = engine.clone();
+        let _utilisation = meter
+            .f64_observable_gauge("runnel_slot_utilisation")
+            .with_description("Slots in use divided by slots")
+            .with_callback(move |o| {
+                if let Some(e) = utilisation.get() {
+                    o.observe(e.stats().slots_in_use() as f64 / max.max(1) as f64, &[]);
+                }
+            })
+            .build();
+        let owned = engine.clone();
+        let _owned = meter
+            .u64_observable_gauge("runnel_experiments_owned")
+            .with_description("Experiments running or draining in this replica")
+            .with_callback(move |o| {
+                if let Some(e) = owned.get() {
+                    o.observe(e.stats().experiments() as u64, &[]);
+                }
+            })
+            .build();
+
+        let rates = advisor.clone();
+        let _rate = meter
+            .f64_observable_gauge("runnel_bucket_rate")
+            .with_description("Current permitted rate per rate-limit key, requests per second")
+            .with_callback(move |o| {
+                for (key, m) in rates.metrics(Instant::now()) {
+                    if let Some(rate) = m.rate_rps {
+                        o.observe(rate, &[KeyValue::new("key", key)]);
+                    }
+                }
+            })
+            .build();
+        let breakers = advisor.clone();
+        let _breaker = meter
+            .u64_observable_gauge("runnel_breaker_state")
+            .with_description("Circuit breaker per key: 0 closed, 1 half-open, 2 open")
+            .with_callback(move |o| {
+                for (key, m) in breakers.metrics(Instant::now()) {
+                    o.observe(
+                        u64::from(m.breaker.as_gauge()),
+                        &[KeyValue::new("key", key)],
+                    );
+                }
+            })
+            .build();
+        let trips = advisor.clone();
+        let _trips = meter
+            .u64_observable_counter("runnel_breaker_trips")
+            .with_description("Times each key's circuit breaker opened")
+            .with_callback(move |o| {
+                for (key, m) in trips.metrics(Instant::now()) {
+                    o.observe(m.trips, &[KeyValue::new("key", key)]);
+                }
+            })
+            .build();
+        let permits = advisor;
+        let _permits = meter
+            .u64_observable_counter("runnel_advisor_permits")
+            .with_description("Permits granted per key")
+            .with_callback(move |o| {
+                for (key, m) in permits.metrics(Instant::now()) {
+                    o.observe(m.counters.permits, &[KeyValue::new("key", key)]);
+                }
+            })
+            .build();
+
+        Ok(Self {
+            jobs: meter
+                .u64_counter("runnel_jobs")
+                .with_description("Provider calls by outcome and kind (task, eval)")
+                .build(),
+            rate_limited: meter
+                .u64_counter("runnel_rate_limited")
+                .with_description("Rate-limited answers (429, 529) per key")
+                .build(),
+            latency: meter
+                .f64_histogram("runnel_job_latency")
+                .with_unit("s")
+                .with_description("Provider call latency")
+                .with_boundaries(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0,
+                ])
+                .build(),
+            runs: meter
+                .u64_counter("runnel_runs_recorded")
+                .with_description("Runs written, by result")
+                .build(),
+            annotations: meter
+                .u64_counter("runnel_annotations_recorded")
+                .with_description("Annotations written, by result")
+                .build(),
+            fenced: meter
+                .u64_counter("runnel_fenced_writes")
+                .with_description("Writes rejected because a later claim exists")
+                .build(),
+            abandoned: meter
+                .u64_counter("runnel_abandoned_writes")
+                .with_description("Writes given up while the database was unreachable")
+                .build(),
+            takeovers: meter
+                .u64_counter("runnel_claim_takeovers")
+                .with_description("Experiments taken over from a dead replica")
+                .build(),
+            departures: meter
+                .u64_counter("runnel_experiment_departures")
+                .with_description("Experiments leaving this replica, by reason")
+                .build(),
+            experiments: meter
+                .u64_gauge("runnel_experiments")
+                .with_description("Experiments by status (whole database)")
+                .build(),
+            registry,
+            provider,
+            engine,
+        })
+    }
+
+    /// Connects the slot gauges to the engine.
+    pub fn attach_engine(&self, engine: EngineHandle) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// Counts one engine event.
+    pub fn record(&self, event: &EngineEvent) {
+        match event {
+            EngineEvent::CallFinished {
+                key,
+                class,
+                latency,
+                task,
+                ..
+            } => {
+                let kind = if *task { "task" } else { "eval" };
+                self.jobs.add(
+                    1,
+                    &[
+                        KeyValue::new("outcome", class.as_str()),
+                        KeyValue::new("kind", kind),
+                    ],
+                );
+                self.latency
+                    .record(latency.as_secs_f64(), &[KeyValue::new("kind", kind)]);
+                if *class == OutcomeClass::RateLimited {
+                    self.rate_limited
+                        .add(1, &[KeyValue::new("key", key.as_str().to_owned())]);
+                }
+            }
+            EngineEvent::RunRecorded { record, .. } => {
+                let result = if record.output.is_some() {
+                    "success"
+                } else {
+                    "failure"
+                };
+                self.runs.add(1, &[KeyValue::new("result", result)]);
+            }
+            EngineEvent::AnnotationRecorded { record, .. } => {
+                let result = if record.error.is_none() {
+                    "success"
+                } else {
+                    "failure"
+                };
+                self.annotations.add(1, &[KeyValue::new("result", result)]);
+            }
+            EngineEvent::WriteFenced { .. } => self.fenced.add(1, &[]),
+            EngineEvent::WriteAbandoned { .. } => self.abandoned.add(1, &[]),
+            EngineEvent::Adopted { takeover, .. } => {
+                if *takeover {
+                    self.takeovers.add(1, &[]);
+                }
+            }
+            EngineEvent::Departed { why, .. } => {
+                let reason = match why {
+                    Departure::Stopped => "stopped",
+                    Departure::Completed => "completed",
+                    Departure::Errored(_) => "errored",
+                    Departure::Lost => "lost",
+                    Departure::Released => "released",
+                };
+                self.departures.add(1, &[KeyValue::new("reason", reason)]);
+            }
+            EngineEvent::Chunk { .. } => {}
+        }
+    }
+
+    /// Sets the experiments-by-status gauge.
+    pub fn set_experiment_counts(&self, counts: &[(ExperimentStatus, u64)]) {
+        for (status, n) in counts {
+            self.experiments
+                .record(*n, &[KeyValue::new("status", status.as_str())]);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Flushes the OTLP exporter, if any.
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown();
+    }
+}
