@@ -246,7 +246,7 @@ impl RunnelConfig {
                 .split("__")
                 .filter(|key| {
                     let key = key.as_str().to_ascii_lowercase();
-                    let section = key.split("__").next().unwrap_or_default();
+                    let section = key.split(['.', '_']).next().unwrap_or_default();
                     SECTIONS.contains(&section)
                 }),
         );
