@@ -241,15 +241,11 @@ impl RunnelConfig {
                 }
             }
         }
-        figment = figment.merge(
-            Env::prefixed("RUNNEL_")
-                .split("__")
-                .filter(|key| {
-                    let key = key.as_str().to_ascii_lowercase();
-                    let section = key.split(['.', '_']).next().unwrap_or_default();
-                    SECTIONS.contains(&section)
-                }),
-        );
+        figment = figment.merge(Env::prefixed("RUNNEL_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            let section = key.split(['.', '_']).next().unwrap_or_default();
+            SECTIONS.contains(&section)
+        }));
         let mut cli = Map::new();
         let mut set = |section: &str, key: &str, value: Value| {
             let entry = cli
@@ -437,6 +433,21 @@ impl RunnelConfig {
         to_toml(&raw)
     }
 
+    /// Adds (or replaces) the provider entry `name` from a `[providers.NAME]`
+    /// table, as `runnel demo` and `runnel run` do, and validates again.
+    pub fn add_provider(
+        &mut self,
+        name: &str,
+        table: Map<String, Value>,
+    ) -> Result<(), ConfigError> {
+        let section = split_provider(name, table)?;
+        self.advisor
+            .providers
+            .insert(name.to_owned(), section.limits);
+        self.providers.insert(name.to_owned(), section);
+        self.validate()
+    }
+
     /// The built-in defaults as TOML (the README's configuration reference
     /// is checked against this text).
     pub fn defaults_toml() -> String {
@@ -498,8 +509,12 @@ fn toml_value(value: &Value) -> String {
     }
 }
 
-/// Splits one `[providers.NAME]` table into client settings and limits.
-fn split_provider(name: &str, table: Map<String, Value>) -> Result<ProviderSection, ConfigError> {
+/// Splits one `[providers.NAME]` table into client settings and limits
+/// (also used for the provider entries of a `runnel run` file).
+pub fn split_provider(
+    name: &str,
+    table: Map<String, Value>,
+) -> Result<ProviderSection, ConfigError> {
     if name.is_empty() || name.contains('|') || name.len() > 64 {
         return Err(ConfigError::new(
             format!("providers.{name}"),

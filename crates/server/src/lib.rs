@@ -15,9 +15,13 @@ pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod follow;
 pub mod lifecycle;
+pub mod oneshot;
 pub mod runtime;
 pub mod state;
+pub mod summary;
 pub mod telemetry;
 
 pub use api::app;

@@ -213,6 +213,20 @@ pub async fn experiment(
         }
         Err(e) => return Err(e.into()),
     }
+    let sample = sample(state, dataset).await?;
+    experiment_with_sample(state, dataset, req, &sample)
+}
+
+/// The checks of [`experiment`] that need no database: everything but the
+/// dataset's existence, with templates checked against `sample` (examples of
+/// the dataset). `req.dataset_id` is not read; `dataset` is used instead, so a
+/// caller (`runnel run`) can check an experiment before its dataset is stored.
+pub fn experiment_with_sample(
+    state: &AppState,
+    dataset: DatasetId,
+    req: CreateExperiment,
+    sample: &[ExampleData],
+) -> Result<(NewExperiment, bool), ApiError> {
     let name = name("name", &req.name)?;
     let repetitions = match req.repetitions {
         None => 1,
@@ -238,14 +252,13 @@ pub async fn experiment(
     if req.task.model.trim().is_empty() {
         return Err(ApiError::invalid("task.model", "must not be empty"));
     }
-    let sample = sample(state, dataset).await?;
     let task_messages = messages(&req.task.messages);
-    templates("task.messages", &task_messages, false, &sample)?;
+    templates("task.messages", &task_messages, false, sample)?;
     let mut names = HashSet::new();
     let mut evaluators = Vec::new();
     for (i, e) in req.evaluators.unwrap_or_default().into_iter().enumerate() {
         let field = format!("evaluators[{i}]");
-        let checked = evaluator(state, e, &field, &sample)?;
+        let checked = evaluator(state, e, &field, sample)?;
         if !names.insert(checked.name.clone()) {
             return Err(ApiError::invalid(
                 format!("{field}.name"),
