@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::types::{CreateExperiment, ExampleIn};
 use crate::api::validate;
-use crate::config::{LogConfig, LogFormat, Overrides, RunnelConfig};
+use crate::config::{LogFormat, Overrides, RunnelConfig};
 use crate::follow::{self, Display, End, Tally};
 use crate::runtime::Runtime;
 use crate::summary;
@@ -202,8 +202,7 @@ fn remove_database(db: &Path) -> anyhow::Result<()> {
 
 /// The configuration of the demo: the usual sources (so `runnel.toml` and
 /// `RUNNEL_…` still tune the scheduler), with the demo's database and the
-/// simulator as provider `sim`. Logs are quiet (warnings) unless a filter was
-/// configured, so they do not scribble over the progress bar.
+/// simulator as provider `sim`; logs quieted by [`follow::quiet_logs`].
 pub fn demo_config(
     file: Option<&Path>,
     log_format: Option<LogFormat>,
@@ -227,9 +226,7 @@ pub fn demo_config(
         table.insert("initial_rps".into(), json!(rps));
     }
     config.add_provider(PROVIDER, table)?;
-    if config.log.filter == LogConfig::default().filter {
-        config.log.filter = "warn".into();
-    }
+    follow::quiet_logs(&mut config);
     Ok(config)
 }
 

@@ -19,8 +19,19 @@ use runnel_store::NewExperiment;
 use tokio::sync::broadcast;
 
 use crate::api::error::ApiError;
+use crate::config::{LogConfig, RunnelConfig};
 use crate::lifecycle;
 use crate::state::AppState;
+
+/// Lowers the default log filter to warnings, so log lines do not scribble
+/// over the progress display. A filter set in the configuration (or
+/// `RUST_LOG`) is kept, and so is the default when OpenTelemetry export is
+/// on: the filter also decides which spans are exported.
+pub fn quiet_logs(config: &mut RunnelConfig) {
+    if config.log.filter == LogConfig::default().filter && config.otel.endpoint.is_none() {
+        config.log.filter = "warn".into();
+    }
+}
 
 /// How far back the "current rate" looks.
 const RATE_WINDOW: Duration = Duration::from_secs(2);

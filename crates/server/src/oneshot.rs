@@ -46,7 +46,7 @@ use crate::api::body::parse_json;
 use crate::api::error::ApiError;
 use crate::api::types::{CreateExperiment, EvaluatorIn, ExampleIn, TaskIn};
 use crate::api::validate;
-use crate::config::{LogConfig, LogFormat, Overrides, RunnelConfig};
+use crate::config::{LogFormat, Overrides, RunnelConfig};
 use crate::follow::{self, Display, End, Tally};
 use crate::lifecycle;
 use crate::runtime::Runtime;
@@ -422,7 +422,7 @@ fn prepare(path: &Path) -> Result<Prepared, RunError> {
 }
 
 /// The configuration of a run: the usual sources plus the run file's
-/// provider entries; quiet logs unless a filter was configured.
+/// provider entries; logs quieted by [`follow::quiet_logs`].
 fn run_config(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
@@ -445,9 +445,7 @@ fn run_config(
                 message: e.to_string(),
             })?;
     }
-    if config.log.filter == LogConfig::default().filter {
-        config.log.filter = "warn".into();
-    }
+    follow::quiet_logs(&mut config);
     Ok(config)
 }
 

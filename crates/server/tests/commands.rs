@@ -150,6 +150,16 @@ fn write_json(path: &Path, value: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
 }
 
+async fn get_json(url: &str) -> Value {
+    let response = reqwest::get(url).await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
 async fn db(url: &str) -> Db {
     Db::connect(&StoreConfig::for_url(url)).await.unwrap()
 }
@@ -477,16 +487,8 @@ async fn demo_serves_the_api_until_interrupted() {
     .expect("the demo did not finish in time");
     assert!(serving, "the demo ended early:\n{}", seen.join("\n"));
 
-    let client = reqwest::Client::new();
     let base = format!("http://{bind}");
-    let experiments: Value = client
-        .get(format!("{base}/v1/experiments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let experiments = get_json(&format!("{base}/v1/experiments")).await;
     assert_eq!(experiments[0]["status"], "COMPLETED", "{experiments}");
     assert_eq!(experiments[0]["progress"]["annotations_done"], 20);
     // The curl lines the demo printed name this experiment.
@@ -496,14 +498,7 @@ async fn demo_serves_the_api_until_interrupted() {
         printed.contains(&format!("{base}/v1/experiments/{id}")),
         "{printed}"
     );
-    let runs: Value = client
-        .get(format!("{base}/v1/experiments/{id}/runs?limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs = get_json(&format!("{base}/v1/experiments/{id}/runs?limit=2")).await;
     assert_eq!(runs["items"].as_array().unwrap().len(), 2);
     assert_eq!(runs["items"][0]["annotations"][0]["evaluator"], "correct");
 
