@@ -95,7 +95,7 @@ pub enum Command {
     /// The output is valid runnel.toml: every key with its value after
     /// defaults, runnel.toml, RUNNEL_… variables and flags are applied.
     #[command(after_help = "Examples:
-  runnel config --defaults > runnel.toml    # a commented-free starting point
+  runnel config --defaults > runnel.toml    # every key with its default
   RUNNEL_SCHEDULER__MAX_CONCURRENCY=50 runnel config")]
     Config {
         /// Print the built-in defaults instead.
