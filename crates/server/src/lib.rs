@@ -3,7 +3,10 @@
 //! The `runnel` binary as a library: configuration ([`config`]), the HTTP API
 //! ([`api::app`]), the command line ([`cli`]), observability ([`telemetry`])
 //! and the wiring that builds the adapters and hands them to the engine
-//! ([`runtime`]).
+//! ([`runtime`]). `runnel demo` ([`demo`]) and `runnel run FILE`
+//! ([`oneshot`]) run one experiment in-process, follow its engine events
+//! ([`follow`]) and summarise it from the database ([`summary`]);
+//! `examples/in_process.rs` does the same from a program of one's own.
 //!
 //! **Architecture invariant:** this crate is thin. It parses configuration,
 //! builds the store, providers and advisor, starts the core's engine, and
