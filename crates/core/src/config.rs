@@ -70,6 +70,10 @@ pub struct Config {
     pub store_write_give_up: Duration,
     /// Seed of the jitter generator; `None` derives one from the replica id.
     pub seed: Option<u64>,
+    /// Whether this engine takes back the experiments still claimed under its
+    /// own identity at start and takes over orphaned ones. A one-shot runner
+    /// (`runnel run`) turns this off so it runs only what it was given.
+    pub take_over: bool,
 }
 
 impl Default for Config {
@@ -94,6 +98,7 @@ impl Default for Config {
             store_retry_max: Duration::from_secs(5),
             store_write_give_up: Duration::from_secs(600),
             seed: None,
+            take_over: true,
         }
     }
 }

@@ -369,6 +369,11 @@ where
     }
 
     fn startup(&mut self) {
+        if !self.scheduler.config().take_over {
+            self.startup_done = true;
+            self.started.send_replace(true);
+            return;
+        }
         // Take back at once what this replica still owns under its own
         // identity (a restarted single server), then look for orphans.
         let store = self.ports.store.clone();
@@ -426,7 +431,9 @@ where
         }
         if now >= self.next_scan {
             self.next_scan = now + self.scan_interval();
-            self.orphan_scan();
+            if self.scheduler.config().take_over {
+                self.orphan_scan();
+            }
         }
     }
 

@@ -240,8 +240,13 @@ pub async fn serve(config: RunnelConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {bind}"))?;
     tracing::info!(address = %listener.local_addr().unwrap_or(bind), "serving the API");
     let app = crate::api::app(runtime.state.clone());
+    let trigger = runtime.shutdown_trigger();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // End event streams, so open connections drain.
+            trigger.send_replace(true);
+        })
         .await
         .context("serving the API")?;
     tracing::info!("shutting down");

@@ -446,6 +446,12 @@ fn run_config(
             })?;
     }
     follow::quiet_logs(&mut config);
+    // A one-shot run runs only its own experiment: a replica identity of its
+    // own, and no taking over of experiments a `runnel serve` left behind.
+    config.scheduler.take_over = false;
+    if config.server.replica_id.is_none() {
+        config.server.replica_id = Some(format!("run-{}", uuid::Uuid::new_v4().simple()));
+    }
     Ok(config)
 }
 

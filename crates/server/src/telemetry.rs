@@ -51,9 +51,14 @@ pub fn init_tracing(config: &RunnelConfig) -> anyhow::Result<Option<SdkTracerPro
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("runnel")));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = match config.log.format {
         LogFormat::Human => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

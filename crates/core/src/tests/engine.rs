@@ -677,3 +677,19 @@ async fn whole_runs_through_the_memory_store_complete_with_one_result_each() {
     assert_eq!(u64::from(total), provider.total_calls());
     assert!(total >= 800);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_without_takeover_claims_nothing_of_its_own_accord() {
+    let mut store = MockStore::new();
+    store.expect_reclaim_own().never();
+    store.expect_take_over_orphans().never();
+    let config = Config {
+        take_over: false,
+        ..Config::default()
+    };
+    let (handle, _rx, _task) = engine(config, store, provider_never_answering(), Unlimited);
+    handle.started().await.unwrap();
+    // Several leases pass without any scan.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    handle.shutdown().await.unwrap();
+}

@@ -81,6 +81,7 @@ async fn follow(
     if status != ExperimentStatus::Running {
         return;
     }
+    let mut shutdown = state.shutdown.clone();
     let mut progress_tick = tokio::time::interval(state.config.server.progress_interval);
     let mut status_tick = tokio::time::interval(STATUS_POLL);
     let mut dirty = false;
@@ -170,6 +171,13 @@ async fn follow(
                 }
             }
             () = tx.closed() => return,
+            changed = shutdown.changed() => {
+                let stopping = changed.is_err() || *shutdown.borrow_and_update();
+                if stopping {
+                    let _ = tx.send(event("error", json!({ "message": "the server is shutting down; reconnect to follow on" }))).await;
+                    return;
+                }
+            }
         }
     }
 }
