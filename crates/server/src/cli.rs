@@ -170,8 +170,14 @@ pub async fn serve(config: RunnelConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {bind}"))?;
     tracing::info!(address = %listener.local_addr().unwrap_or(bind), "serving the API");
     let app = crate::api::app(runtime.state.clone());
+    let bus = runtime.state.bus.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Open event streams would hold the graceful shutdown (and the
+            // release of this replica's claims) until their experiments end.
+            bus.close();
+        })
         .await
         .context("serving the API")?;
     tracing::info!("shutting down");

@@ -170,6 +170,13 @@ async fn follow(
                 }
             }
             () = tx.closed() => return,
+            () = state.bus.closed() => {
+                // Never wait for a slow client here: shutdown goes on.
+                let _ = tx.try_send(event("error", json!({
+                    "message": "the server is shutting down; the experiment goes on elsewhere or after the restart",
+                })));
+                return;
+            }
         }
     }
 }
