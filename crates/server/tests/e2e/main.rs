@@ -11,5 +11,7 @@ mod crash;
 mod input;
 mod lifecycle;
 mod ops;
+mod replicas;
+mod resume;
 mod run;
 mod secrets;
