@@ -11,6 +11,7 @@ mod crash;
 mod input;
 mod lifecycle;
 mod ops;
+mod outage;
 mod replicas;
 mod resume;
 mod run;
