@@ -449,3 +449,65 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_by_default_and_follows_the_configured_origins() {
+    let preflight = || {
+        Request::options("/v1/datasets")
+            .header("origin", "https://ui.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let f = Fixture::new().await;
+    let response = app(f.state()).oneshot(preflight()).await.unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "CORS must be off by default: {:?}",
+        response.headers()
+    );
+    f.shutdown().await;
+
+    let f = Fixture::with(|t| {
+        *t = t.replace(
+            "[server]\n",
+            "[server]\ncors_origins = [\"https://ui.example\"]\n",
+        )
+    })
+    .await;
+    let response = app(f.state()).oneshot(preflight()).await.unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://ui.example"
+    );
+    let methods = response.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    // Another origin is not allowed.
+    let other = Request::get("/v1/datasets")
+        .header("origin", "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let response = app(f.state()).oneshot(other).await.unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        response.headers()
+    );
+    f.shutdown().await;
+}

@@ -444,3 +444,59 @@ fn has_sample(text: &str, name: &str, labels: &[&str]) -> bool {
             && labels.iter().all(|label| l.contains(label))
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_on_postgres() {
+    let sim = Sim::start(Duration::ZERO, 0.0).await;
+    let db = TestDb::new(DbKind::Postgres).await;
+    let dir = TempDir::new("readyz");
+    let mut config = ConfigToml::new(&sim.url());
+    config.set("database", "acquire_timeout", "\"1s\"");
+    let server = Server::start(dir.path(), "a", &ServerSpec::new(&config, &db)).await;
+    let api = server.api();
+    let ready = api.get("/readyz").await.expect(200).json();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["database"], "postgres", "{ready}");
+
+    // The database goes away under the running server.
+    let name = db.url().rsplit('/').next().unwrap().to_owned();
+    {
+        use sqlx::{Connection, Executor};
+        let admin_url = runnel_store::testing::postgres_url();
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE \"{name}\" WITH (FORCE)"
+            )))
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+    }
+    // Readiness says so (503 problem, Retry-After); liveness does not; API
+    // calls get 503 problems, never a 500.
+    within(30, "/readyz to report the database gone", async {
+        loop {
+            if api.get("/readyz").await.status == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let r = api.get("/readyz").await;
+    r.problem(503);
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    api.get("/healthz").await.expect(200);
+    let r = api.get("/v1/datasets").await;
+    r.problem(503);
+    let r = api
+        .post("/v1/datasets", &json!({"name": "x", "examples": []}))
+        .await;
+    r.problem(503);
+    assert!(
+        !r.text().contains(&name),
+        "the problem names internals: {}",
+        r.text()
+    );
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
