@@ -71,7 +71,31 @@ async fn resume_repairs_and_extends_a_completed_experiment(kind: DbKind) {
     }
     // Failures are logged for the UI.
     let logs = api.get(&format!("/v1/experiments/{id}/logs")).await.json();
-    assert!(!logs.as_array().unwrap().is_empty(), "no log entries");
+    let logs = logs.as_array().unwrap();
+    assert!(logs.len() >= 2, "a start entry and failures: {logs:?}");
+    let log_ids: Vec<i64> = logs.iter().map(|l| l["id"].as_i64().unwrap()).collect();
+    assert!(
+        log_ids.windows(2).all(|w| w[0] > w[1]),
+        "logs are newest first: {log_ids:?}"
+    );
+    for entry in logs {
+        assert!(
+            ["info", "warn", "error"].contains(&entry["level"].as_str().unwrap()),
+            "{entry}"
+        );
+        assert!(entry["created_at"].is_string(), "{entry}");
+    }
+    // Paging back from the oldest but one gives the oldest.
+    let older = api
+        .get(&format!(
+            "/v1/experiments/{id}/logs?limit=1&before={}",
+            log_ids[log_ids.len() - 2]
+        ))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(older.as_array().unwrap().len(), 1, "{older}");
+    assert_eq!(older[0]["id"], log_ids[log_ids.len() - 1], "{older}");
 
     // The provider recovers; the dataset grows; a second judge is attached.
     sim.patch(json!({"faults": {"malformed_rate": 0, "server_error_rate": 0, "reset_rate": 0}}));

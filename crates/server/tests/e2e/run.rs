@@ -94,8 +94,29 @@ async fn experiment_runs_to_completion(kind: DbKind) {
         "error events: {events:?}"
     );
 
-    // The experiment as the API shows it.
+    // The experiment as the API shows it, with every field of API.md.
     let view = api.experiment(&id).await;
+    assert_has_fields(
+        &view,
+        &[
+            "id",
+            "name",
+            "dataset_id",
+            "status",
+            "last_error",
+            "claimed_by",
+            "created_at",
+            "updated_at",
+            "progress",
+        ],
+    );
+    let dataset_view = api
+        .get(&format!("/v1/datasets/{dataset}"))
+        .await
+        .expect(200)
+        .json();
+    assert_has_fields(&dataset_view, &["id", "name", "example_count"]);
+    assert_eq!(dataset_view["example_count"], examples_n);
     assert_eq!(view["status"], "COMPLETED", "{view}");
     assert_eq!(view["claimed_by"], Value::Null, "{view}");
     assert_eq!(view["last_error"], Value::Null, "{view}");
@@ -117,6 +138,28 @@ async fn experiment_runs_to_completion(kind: DbKind) {
     let streamed = api.runs_jsonl(&id).await;
     assert_eq!(paged.len() as u64, runs_expected);
     assert_eq!(paged, streamed, "pages and runs.jsonl differ");
+    for run in &paged {
+        assert_has_fields(
+            run,
+            &[
+                "id",
+                "example_id",
+                "repetition",
+                "output",
+                "error",
+                "attempts",
+                "latency_ms",
+                "usage",
+                "annotations",
+            ],
+        );
+        for annotation in run["annotations"].as_array().unwrap() {
+            assert_has_fields(
+                annotation,
+                &["evaluator", "label", "score", "explanation", "error"],
+            );
+        }
+    }
     let runs = by_key(&paged);
     let ids = example_ids(&paged);
     assert_eq!(ids.len(), examples_n);
@@ -198,4 +241,13 @@ async fn experiment_runs_to_completion(kind: DbKind) {
             "{key:?}: chunks {text:?} vs {output:?}"
         );
     }
+}
+
+/// Asserts that `object` has every field the contract (API.md) names.
+fn assert_has_fields(object: &Value, fields: &[&str]) {
+    let o = object
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {object}"));
+    let missing: Vec<&&str> = fields.iter().filter(|f| !o.contains_key(**f)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in {object}");
 }
