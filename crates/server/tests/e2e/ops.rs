@@ -500,3 +500,47 @@ async fn readiness_follows_the_database_on_postgres() {
     );
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_prepares_a_database_that_serve_requires_without_auto_migrate() {
+    let dir = TempDir::new("migrate");
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "[database]\nauto_migrate = false\n").unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let serve = |url: &str| {
+        let mut cmd = runnel_command(dir.path());
+        cmd.args(["--config", config.to_str().unwrap(), "serve"])
+            .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+            .args(["--database-url", url]);
+        cmd
+    };
+    // Not migrated: serve refuses, saying what to run.
+    let out = output(serve(&url), 30).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runnel migrate"), "{stderr}");
+    // Migrated: it reports the version, twice alike (idempotent).
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let mut cmd = runnel_command(dir.path());
+        cmd.args(["--config", config.to_str().unwrap(), "migrate"])
+            .args(["--database-url", &url]);
+        let out = output(cmd, 30).await;
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.contains("is at migration"), "{stdout}");
+        versions.push(stdout);
+    }
+    assert_eq!(versions[0], versions[1]);
+    // And now serve starts on it.
+    let mut config = ConfigToml::new("http://127.0.0.1:9");
+    config.set("database", "auto_migrate", "false");
+    let spec = ServerSpec {
+        config: config.render(),
+        database_url: url.clone(),
+        replica_id: None,
+        env: Vec::new(),
+    };
+    let server = Server::start(dir.path(), "after-migrate", &spec).await;
+    server.api().get("/v1/datasets").await.expect(200);
+}
