@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use runnel_core::{EngineEvent, EventSink, ExperimentId};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::telemetry::Metrics;
 
@@ -19,6 +19,9 @@ const CAPACITY: usize = 4096;
 pub struct Bus {
     metrics: Arc<Metrics>,
     channels: Mutex<HashMap<ExperimentId, broadcast::Sender<Arc<EngineEvent>>>>,
+    /// Set once the server shuts down: event streams end, so that the HTTP
+    /// server's graceful shutdown does not wait for them.
+    closing: watch::Sender<bool>,
 }
 
 impl Bus {
@@ -27,7 +30,22 @@ impl Bus {
         Self {
             metrics,
             channels: Mutex::new(HashMap::new()),
+            closing: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every event stream (at shutdown): they would otherwise keep the
+    /// HTTP server, and with it the engine's release of its claims, waiting
+    /// until their experiments leave RUNNING.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once [`Bus::close`] was called.
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = closing.wait_for(|closed| *closed).await;
     }
 
     /// Receives the events of one experiment from now on.

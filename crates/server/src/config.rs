@@ -324,13 +324,24 @@ impl RunnelConfig {
             }
             other => ConfigError::new("scheduler", other.to_string()),
         })?;
-        self.advisor.validate().map_err(|e| {
-            let text = e.to_string();
-            ConfigError::new("advisor", text)
+        self.advisor.validate().map_err(|e| match e {
+            // Provider limits are written in the [providers.NAME] tables.
+            runnel_advisor::AdvisorError::Config { key, message }
+                if key.starts_with("providers.") =>
+            {
+                ConfigError::new(key, message)
+            }
+            runnel_advisor::AdvisorError::Config { key, message } => {
+                ConfigError::new(format!("advisor.{key}"), message)
+            }
+            other => ConfigError::new("advisor", other.to_string()),
         })?;
-        self.database
-            .validate()
-            .map_err(|e| ConfigError::new("database", e.to_string()))?;
+        self.database.validate().map_err(|e| match e {
+            runnel_store::StoreError::Config { key, message } => {
+                ConfigError::new(format!("database.{key}"), message)
+            }
+            other => ConfigError::new("database", other.to_string()),
+        })?;
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError::new(
                 "server.body_limit_bytes",
@@ -622,6 +633,16 @@ mod tests {
             ("[server]\nbind = \"0.0.0.0:80\"", "server.bind"),
             ("[auth]\napi_keys = [\"short\"]", "auth.api_keys"),
             ("[advisor.providers.x]\nrpm = 1", "advisor.providers"),
+            (
+                "[advisor]\nbreaker_threshold = 0",
+                "advisor.breaker_threshold",
+            ),
+            (
+                "[providers.x]\nkind = \"openai\"\nrpm = 60\nunlimited = true",
+                "providers.x.unlimited",
+            ),
+            ("[database]\nbatch_size = 0", "database.batch_size"),
+            ("[database]\nurl = \"mysql://h/db\"", "database.url"),
         ];
         for (text, key) in cases {
             let err = RunnelConfig::from_toml(text).unwrap_err();

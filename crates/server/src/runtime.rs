@@ -42,7 +42,6 @@ pub struct Runtime {
     pub state: AppState,
     /// The advisor (for snapshots).
     pub advisor: Arc<Advisor>,
-    shutdown: tokio::sync::watch::Sender<bool>,
     engine_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
@@ -110,7 +109,6 @@ impl Runtime {
             database = db.kind().as_str(),
             "replica ready"
         );
-        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             config: config.clone(),
             db: db.clone(),
@@ -118,7 +116,6 @@ impl Runtime {
             replica,
             bus,
             metrics,
-            shutdown: shutdown_rx,
         };
         let mut background = Vec::new();
         if let Some(listener) = db.listen().await.context("listening for notifications")? {
@@ -132,22 +129,9 @@ impl Runtime {
         Ok(Self {
             state,
             advisor,
-            shutdown,
             engine_task,
             background,
         })
-    }
-
-    /// Tells long-lived responses (event streams) to end, so the HTTP server
-    /// can drain its connections. [`Runtime::shutdown`] does it too.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-    }
-
-    /// A handle that does [`Runtime::begin_shutdown`] from elsewhere (a
-    /// signal handler).
-    pub fn shutdown_trigger(&self) -> tokio::sync::watch::Sender<bool> {
-        self.shutdown.clone()
     }
 
     /// The engine's handle.
@@ -158,7 +142,8 @@ impl Runtime {
     /// Graceful shutdown: the engine drains and releases its claims, learned
     /// rates are saved, the database is closed.
     pub async fn shutdown(self) {
-        self.begin_shutdown();
+        // Event streams end, so connections drain.
+        self.state.bus.close();
         match self.state.engine.shutdown().await {
             Ok(released) if !released.is_empty() => {
                 tracing::info!(count = released.len(), "released experiments for takeover")

@@ -26,7 +26,4 @@ pub struct AppState {
     pub bus: Arc<Bus>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Becomes true when the server begins shutting down: long-lived
-    /// responses (event streams) end, so connections can drain.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -216,7 +216,7 @@ impl Metrics {
             })
             .build();
 
-        Ok(Self {
+        let metrics = Self {
             jobs: meter
                 .u64_counter("runnel_jobs")
                 .with_description("Provider calls by outcome and kind (task, eval)")
@@ -265,7 +265,14 @@ impl Metrics {
             registry,
             provider,
             engine,
-        })
+        };
+        // Counters without labels are exposed at zero from the start: a
+        // series that appears only with its first event cannot be alerted
+        // on or compared over time (and a healthy replica may never fence).
+        for counter in [&metrics.fenced, &metrics.abandoned, &metrics.takeovers] {
+            counter.add(0, &[]);
+        }
+        Ok(metrics)
     }
 
     /// Connects the slot gauges to the engine.

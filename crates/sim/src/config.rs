@@ -23,6 +23,11 @@ pub struct SimConfig {
     /// Answer provider requests that carry no API key with 401. Default
     /// false: such requests share the key `anonymous`.
     pub require_key: bool,
+    /// The API keys accepted; empty (the default) accepts any key. A request
+    /// with another key gets 401 `invalid_api_key` whose message repeats the
+    /// key, as OpenAI's "Incorrect API key provided: …" does — so clients can
+    /// prove they keep such echoes out of their logs and records.
+    pub accepted_keys: Vec<String>,
     /// Largest accepted request body in bytes; larger ones get 413. Default 4 MiB.
     pub max_body_bytes: usize,
     /// On shutdown, how long open responses may run before their connections
@@ -50,6 +55,7 @@ impl Default for SimConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             seed: 0,
             require_key: false,
+            accepted_keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
             histogram_seconds: 3600,

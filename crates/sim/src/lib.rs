@@ -67,7 +67,9 @@
 //!
 //! The key is the API key from `Authorization: Bearer …`, `x-api-key` or
 //! `api-key` (`anonymous` when none is sent, unless `require_key`), or
-//! `key/model` with `limits.per_model`. `limits.rps`, `limits.rpm` and
+//! `key/model` with `limits.per_model`. With `accepted_keys` set, any other
+//! key gets 401 `invalid_api_key` with a message that repeats the key
+//! ("Incorrect API key provided: …", as OpenAI answers). `limits.rps`, `limits.rpm` and
 //! `limits.tpm` are token buckets per key holding `limits.burst` of refill
 //! (default one second's worth). A request costs one request token and
 //! *prompt + completion tokens* of the token bucket (the reply is known

@@ -530,6 +530,18 @@ async fn provider(
             ));
         }
     };
+    if !config.accepted_keys.is_empty() && !config.accepted_keys.contains(&api_key) {
+        record(&api_key, Class::ClientError, None);
+        let message = format!(
+            "Incorrect API key provided: {api_key}. You can find your API key in your account settings."
+        );
+        return Ok(error(
+            api,
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::Authentication,
+            &message,
+        ));
+    }
     let body = match read_body(request.into_body(), config.max_body_bytes).await {
         Ok(body) => body,
         Err(message) => {

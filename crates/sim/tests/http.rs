@@ -107,6 +107,23 @@ async fn keys_are_optional_unless_required() {
 }
 
 #[tokio::test]
+async fn unaccepted_keys_are_rejected_and_echoed() {
+    let t = start(json!({"accepted_keys": ["sk-good-key"]})).await;
+    let r = t.chat("sk-good-key", &chat_body("hi")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = t.chat("sk-other-key", &chat_body("hi")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sk-other-key"), "{message}");
+    let stats = t.sim.stats();
+    assert_eq!(stats.keys["sk-other-key"].requests, 1);
+    assert_eq!(stats.keys["sk-other-key"].ok, 0);
+    assert_eq!(stats.classes.client_error, 1);
+}
+
+#[tokio::test]
 async fn health_and_config_endpoints() {
     let t = start(json!({"limits": {"rpm": 10}})).await;
     let r = t.client.get(t.url("/healthz")).send().await.unwrap();

@@ -242,10 +242,14 @@ impl Backend for Postgres {
         // Class 08: connection exceptions; 40001 serialization failure;
         // 40P01 deadlock; class 53: insufficient resources; 55P03 lock not
         // available; 57P01–57P05: shutdown, crash, cannot connect now, idle
-        // session timeout.
+        // session timeout. Class 28 (credentials rejected) and 3D000 (no such
+        // database) come from the server refusing a new connection: the
+        // database is unreachable (being restored, credentials rotating), not
+        // a statement that failed.
         code.starts_with("08")
             || code.starts_with("53")
-            || matches!(code, "40001" | "40P01" | "55P03")
+            || code.starts_with("28")
+            || matches!(code, "40001" | "40P01" | "55P03" | "3D000")
             || code.starts_with("57P")
     }
 }
@@ -256,7 +260,9 @@ mod tests {
 
     #[test]
     fn connection_and_concurrency_failures_are_transient() {
-        for code in ["08006", "40001", "40P01", "57P01", "53300"] {
+        for code in [
+            "08006", "40001", "40P01", "57P01", "53300", "28P01", "3D000",
+        ] {
             assert!(Postgres::is_transient(code), "{code}");
         }
         for code in ["23505", "42601", "22P02"] {

@@ -81,7 +81,6 @@ async fn follow(
     if status != ExperimentStatus::Running {
         return;
     }
-    let mut shutdown = state.shutdown.clone();
     let mut progress_tick = tokio::time::interval(state.config.server.progress_interval);
     let mut status_tick = tokio::time::interval(STATUS_POLL);
     let mut dirty = false;
@@ -171,12 +170,12 @@ async fn follow(
                 }
             }
             () = tx.closed() => return,
-            changed = shutdown.changed() => {
-                let stopping = changed.is_err() || *shutdown.borrow_and_update();
-                if stopping {
-                    let _ = tx.send(event("error", json!({ "message": "the server is shutting down; reconnect to follow on" }))).await;
-                    return;
-                }
+            () = state.bus.closed() => {
+                // Never wait for a slow client here: shutdown goes on.
+                let _ = tx.try_send(event("error", json!({
+                    "message": "the server is shutting down; the experiment goes on elsewhere or after the restart",
+                })));
+                return;
             }
         }
     }
