@@ -1,6 +1,7 @@
 //! The command line: `runnel serve | migrate | config | sim | demo | run`.
 //! Exit status: 0 on success, 1 on failure, 2 for invalid configuration or
-//! arguments.
+//! arguments (and a bad `runnel run` file), 3 when `runnel run` finished
+//! with failed runs, 130 when `runnel run` was interrupted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,20 @@ use crate::runtime::Runtime;
 /// through a task model, every output through LLM judges, every result into a
 /// database as it arrives.
 #[derive(Debug, Parser)]
-#[command(name = "runnel", version, propagate_version = true)]
+#[command(
+    name = "runnel",
+    version,
+    propagate_version = true,
+    after_help = "Start here:
+  runnel demo          the whole system with a simulated provider, no set-up
+  runnel serve         the HTTP API on 127.0.0.1:8080 (SQLite file runnel.db)
+  runnel run FILE      one experiment from a file, with a summary
+  runnel config        the effective configuration ('--defaults' for the reference)
+
+Configuration: built-in defaults < runnel.toml < RUNNEL_SECTION__KEY
+environment variables < flags. Exit status: 0 ok, 1 error, 2 invalid
+configuration or arguments."
+)]
 pub struct Cli {
     /// Configuration file (default: ./runnel.toml when it exists). Values
     /// from RUNNEL_… environment variables (nested keys joined with `__`, e.g.
@@ -44,6 +58,15 @@ pub struct DbArgs {
 pub enum Command {
     /// Serve the HTTP API and run experiments until Ctrl-C or SIGTERM (then
     /// drain in-flight calls and hand the experiments over).
+    ///
+    /// Experiments keep running when clients disconnect; a restarted server
+    /// (or, on PostgreSQL, another replica) picks up where this one stopped.
+    /// Provider entries come from the configuration's [providers.NAME]
+    /// tables; the database is migrated at start.
+    #[command(after_help = "Examples:
+  runnel serve
+  runnel serve --bind 127.0.0.1:9000 --database-url sqlite://experiments.db
+  RUNNEL_DATABASE__URL=postgres://postgres@127.0.0.1/runnel runnel serve --replica-id a")]
     Serve {
         /// Address to listen on (default 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR")]
@@ -57,12 +80,23 @@ pub enum Command {
         db: DbArgs,
     },
     /// Apply the database migrations embedded in this binary and exit.
+    ///
+    /// `serve`, `run` and `demo` migrate at start too (database.auto_migrate,
+    /// default true); use this when that is switched off.
+    #[command(after_help = "Example:
+  runnel migrate --database-url postgres://postgres@127.0.0.1:5432/runnel")]
     Migrate {
         /// Database selection.
         #[command(flatten)]
         db: DbArgs,
     },
     /// Print the effective configuration (secrets masked) and exit.
+    ///
+    /// The output is valid runnel.toml: every key with its value after
+    /// defaults, runnel.toml, RUNNEL_… variables and flags are applied.
+    #[command(after_help = "Examples:
+  runnel config --defaults > runnel.toml    # every key with its default
+  RUNNEL_SCHEDULER__MAX_CONCURRENCY=50 runnel config")]
     Config {
         /// Print the built-in defaults instead.
         #[arg(long)]
@@ -70,7 +104,33 @@ pub enum Command {
     },
     /// Serve the simulated LLM provider (OpenAI- and Anthropic-compatible)
     /// until Ctrl-C.
+    ///
+    /// Real rate limits per key (and model), latency, seeded faults and
+    /// outages, deterministic replies (arithmetic answers, judge labels).
+    /// Point a provider entry at it with kind = "openai_compatible" and
+    /// base_url = "http://127.0.0.1:8090/v1".
+    #[command(after_help = "Examples:
+  runnel sim --rps 20 --per-model --latency 50ms
+  runnel sim --rpm 600 --headerless --server-error-rate 0.05 --outage 30s..45s")]
     Sim(Box<runnel_sim::Args>),
+    /// Show runnel working, with nothing installed and no network: a
+    /// simulated provider with a rate limit, a fresh SQLite file, 300
+    /// arithmetic questions, one LLM judge, live progress and a summary;
+    /// then the HTTP API keeps serving until Ctrl-C.
+    ///
+    /// The simulator runs in this process on a free loopback port and stays
+    /// configured as provider `sim`, so the API can be tried against it.
+    /// The database file (default ./runnel-demo.db) is deleted and created
+    /// afresh at every start.
+    Demo(Box<crate::demo::DemoArgs>),
+    /// Run one experiment from a file, in this process, against the
+    /// configured database; print a summary and exit.
+    ///
+    /// The file (TOML or JSON) names a dataset file (JSON lines or CSV) and
+    /// gives the task and evaluators as in POST /v1/experiments, plus
+    /// optional provider entries. A bad dataset line is reported with its
+    /// number and nothing is stored.
+    Run(crate::oneshot::RunArgs),
 }
 
 /// Parses the arguments and runs the command.
@@ -92,6 +152,10 @@ pub fn main() -> ExitCode {
             if let Some(config) = e.downcast_ref::<ConfigError>() {
                 eprintln!("error: {config}");
                 return ExitCode::from(2);
+            }
+            if let Some(run) = e.downcast_ref::<crate::oneshot::RunError>() {
+                eprintln!("error: {run}");
+                return ExitCode::from(run.exit_code());
             }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -157,6 +221,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => runnel_sim::run((**args).clone())
             .await
             .context("running the simulated provider"),
+        Command::Demo(args) => {
+            crate::demo::run((**args).clone(), cli.config.as_deref(), cli.log_format).await
+        }
+        Command::Run(args) => {
+            crate::oneshot::run(args.clone(), cli.config.as_deref(), cli.log_format).await
+        }
     }
 }
 
