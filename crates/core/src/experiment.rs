@@ -236,7 +236,9 @@ pub(crate) struct ExperimentState {
     eval_sweep: Sweep<EvalKey>,
     fetch_failures: u32,
     fetch_retry_at: Option<Instant>,
-    last_transient: HashMap<RateKey, String>,
+    /// When this session began (breaker give-up counts from here at the
+    /// earliest, so a resume after an outage gets the full give-up time).
+    started: Instant,
     open_keys_logged: HashSet<RateKey>,
     failures_logged: u32,
     retry_seq: u64,
@@ -263,6 +265,7 @@ impl ExperimentState {
         keys: PlanKeys,
         config: &Config,
         order_key: u64,
+        now: Instant,
     ) -> Self {
         let cap = plan
             .max_concurrency
@@ -294,7 +297,7 @@ impl ExperimentState {
             eval_sweep: Sweep::new(),
             fetch_failures: 0,
             fetch_retry_at: None,
-            last_transient: HashMap::new(),
+            started: now,
             open_keys_logged: HashSet::new(),
             failures_logged: 0,
             retry_seq: 0,
@@ -349,6 +352,7 @@ impl ExperimentState {
         advisor: &A,
         estimate: &dyn Fn(&Job) -> Option<u64>,
         config: &Config,
+        last_errors: &HashMap<RateKey, String>,
         actions: &mut VecDeque<Action>,
     ) -> Next {
         if !self.is_running() || self.in_flight >= self.cap {
@@ -370,7 +374,8 @@ impl ExperimentState {
                 }
                 Acquire::Wait { until, reason } => {
                     let key = head.key.clone();
-                    if let Some(msg) = self.gave_up(&key, reason, now, config, actions) {
+                    if let Some(msg) = self.gave_up(&key, reason, now, config, last_errors, actions)
+                    {
                         return Next::GaveUp(msg);
                     }
                     refused = Some(key);
@@ -393,7 +398,9 @@ impl ExperimentState {
                         }
                         Acquire::Wait { until, reason } => {
                             let key = top.job.key.clone();
-                            if let Some(msg) = self.gave_up(&key, reason, now, config, actions) {
+                            if let Some(msg) =
+                                self.gave_up(&key, reason, now, config, last_errors, actions)
+                            {
                                 return Next::GaveUp(msg);
                             }
                             wake = earliest(wake, until);
@@ -425,7 +432,9 @@ impl ExperimentState {
                     }
                     Acquire::Wait { until, reason } => {
                         let key = self.task_key.clone();
-                        if let Some(msg) = self.gave_up(&key, reason, now, config, actions) {
+                        if let Some(msg) =
+                            self.gave_up(&key, reason, now, config, last_errors, actions)
+                        {
                             return Next::GaveUp(msg);
                         }
                         wake = earliest(wake, until);
@@ -458,18 +467,20 @@ impl ExperimentState {
         reason: WaitReason,
         now: Instant,
         config: &Config,
+        last_errors: &HashMap<RateKey, String>,
         actions: &mut VecDeque<Action>,
     ) -> Option<String> {
         let WaitReason::BreakerOpen { open_since } = reason else {
             return None;
         };
         self.note_open_key(key, actions);
-        let open_for = now.saturating_duration_since(open_since);
+        // Counted from this session's start at the earliest: a resume after
+        // an outage gets the whole give-up time again.
+        let open_for = now.saturating_duration_since(open_since.max(self.started));
         if open_for < config.breaker_give_up {
             return None;
         }
-        let last = self
-            .last_transient
+        let last = last_errors
             .get(key)
             .map(|m| format!("; last error: {m}"))
             .unwrap_or_default();
@@ -531,7 +542,6 @@ impl ExperimentState {
             }
             Outcome::Transient { message } => {
                 job.transient_failures += 1;
-                self.last_transient.insert(job.key.clone(), message.clone());
                 if job.transient_failures > config.max_retries {
                     let message = format!("{message} (gave up after {} attempts)", job.attempt);
                     self.write(job, Err(message), latency_ms, report.usage, actions);

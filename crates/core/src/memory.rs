@@ -459,6 +459,9 @@ impl Store for MemoryStore {
             .get(&claim.experiment)
             .ok_or(Error::NotFound(claim.experiment))?;
         let reps = row.plan.repetitions;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let Some(examples) = inner.datasets.get(&row.plan.dataset) else {
             return Ok(Vec::new());
         };
@@ -506,6 +509,9 @@ impl Store for MemoryStore {
             .experiments
             .get(&claim.experiment)
             .ok_or(Error::NotFound(claim.experiment))?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut evaluators: Vec<EvaluatorId> = row.plan.evaluators.iter().map(|e| e.id).collect();
         evaluators.sort();
         let mut runs: Vec<&StoredRun> = inner
@@ -647,7 +653,11 @@ impl Store for MemoryStore {
         message: String,
     ) -> Result<(), Error> {
         self.check()?;
-        self.lock().logs.push((experiment, level, message));
+        let mut inner = self.lock();
+        if !inner.experiments.contains_key(&experiment) {
+            return Err(Error::NotFound(experiment));
+        }
+        inner.logs.push((experiment, level, message));
         Ok(())
     }
 }

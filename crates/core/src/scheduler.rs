@@ -21,7 +21,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::error::Error;
 use crate::experiment::{ExperimentState, Mode, Next};
-use crate::ids::{Claim, ExperimentId};
+use crate::ids::{Claim, ExperimentId, RateKey};
 use crate::outcome::{CallReport, Observation};
 use crate::ports::{Advisor, Departure, LogLevel, RunWrite};
 use crate::rng::Rng;
@@ -54,6 +54,9 @@ pub struct Scheduler {
     slots_in_use: usize,
     actions: VecDeque<Action>,
     rng: Rng,
+    /// The last transient error seen per key, from any experiment (named in
+    /// `last_error` when an experiment gives up on an open breaker).
+    last_errors: HashMap<RateKey, String>,
 }
 
 impl Scheduler {
@@ -69,6 +72,7 @@ impl Scheduler {
             slots_in_use: 0,
             actions: VecDeque::new(),
             rng: Rng::new(seed),
+            last_errors: HashMap::new(),
         }
     }
 
@@ -95,7 +99,7 @@ impl Scheduler {
         }
         let order_key = self.next_front;
         self.next_front -= 1;
-        let state = ExperimentState::new(claim, plan, keys, &self.config, order_key);
+        let state = ExperimentState::new(claim, plan, keys, &self.config, order_key, now);
         self.order.insert(order_key, id);
         self.experiments.insert(id, state);
         self.touch(id, now);
@@ -176,7 +180,14 @@ impl Scheduler {
             let Some(exp) = self.experiments.get_mut(id) else {
                 continue;
             };
-            match exp.next_job(now, advisor, estimate, &self.config, &mut self.actions) {
+            match exp.next_job(
+                now,
+                advisor,
+                estimate,
+                &self.config,
+                &self.last_errors,
+                &mut self.actions,
+            ) {
                 Next::Ready(job) => {
                     chosen = Some((order_key, *id, job));
                     break;
@@ -221,6 +232,9 @@ impl Scheduler {
             &Observation::from_report(&report, job.tokens_reserved),
             now,
         );
+        if let crate::Outcome::Transient { message } = &report.outcome {
+            self.last_errors.insert(job.key.clone(), message.clone());
+        }
         let id = job.experiment;
         if let Some(exp) = self.experiments.get_mut(&id) {
             exp.handle_call_finished(

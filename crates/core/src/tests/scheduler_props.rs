@@ -434,3 +434,38 @@ fn resume_retries_earlier_failures_and_scores_missing_annotations() {
         }
     }
 }
+
+/// A resume while the breaker is still open gets the whole give-up time
+/// again: it counts from the session's start, not from when the breaker
+/// first opened.
+#[test]
+fn a_resumed_session_gets_the_whole_give_up_time_again() {
+    let config = Config {
+        breaker_give_up: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config, Behaviour::reliable(5), 3);
+    sim.advisor.open.insert("down".into(), sim.start);
+    let down = sim.add(&ExpSpec {
+        examples: 2,
+        repetitions: 1,
+        evaluators: 0,
+        cap: None,
+        provider: "down".into(),
+    });
+    sim.run(Duration::from_secs(3600), |_| {});
+    assert!(matches!(sim.finished[&down][..], [Finish::Error(_)]));
+    let first = sim.now - sim.start;
+    sim.resume(down);
+    sim.run(Duration::from_secs(3600), |_| {});
+    assert!(matches!(
+        sim.finished[&down][..],
+        [Finish::Error(_), Finish::Error(_)]
+    ));
+    let second = sim.now - sim.start;
+    assert!(
+        second - first >= Duration::from_secs(10),
+        "errored again after {:?}",
+        second - first
+    );
+}
