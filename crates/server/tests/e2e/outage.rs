@@ -26,7 +26,7 @@ async fn an_outage_errors_the_experiment_and_resume_recovers(kind: DbKind) {
     let db = TestDb::new(kind).await;
     let dir = TempDir::new("outage");
     let mut config = ConfigToml::new(&sim.url());
-    config.set("scheduler", "breaker_give_up", "\"1s\"");
+    config.set("scheduler", "breaker_give_up", "\"2s\"");
     config.set("scheduler", "cooldown", "\"1s\"");
     config.set("advisor", "breaker_threshold", "3");
     config.set("advisor", "breaker_cooldown", "\"300ms\"");
