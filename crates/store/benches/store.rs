@@ -14,7 +14,10 @@
 //! Each figure is the median of at least 5 runs with the min–max range.
 //! Knobs: `RUNNEL_BENCH_LARGE` (examples of the large dataset, default
 //! 1,000,000), `RUNNEL_BENCH_WRITES` (runs per write measurement, default
-//! 10,000), `RUNNEL_BENCH_ROUNDS` (default 5).
+//! 10,000), `RUNNEL_BENCH_ROUNDS` (default 5), `RUNNEL_BENCH_DATABASES`
+//! (`sqlite`, `postgres`; default both), `RUNNEL_BENCH_SKIP_PAGES`,
+//! `RUNNEL_BENCH_WINDOW_US` and `RUNNEL_BENCH_BATCH_WRITERS` (batching
+//! settings to compare; default the store's defaults).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runnel_core::{Claim, ExampleId, ReplicaId, RunRecord, Store, TaskKey, Write};
-use runnel_store::testing::with_temp_db;
+use runnel_store::testing::{example_ids, with_temp_db};
 use runnel_store::{DatabaseKind, Db, NewExample, NewExperiment, StoreConfig, Transition};
 use serde_json::json;
 
@@ -77,20 +80,6 @@ async fn started(db: &Db, dataset: runnel_core::DatasetId) -> Claim {
     match db.start(x, &ReplicaId::new("bench")).await.unwrap() {
         Transition::Done(claim) => claim,
         other => panic!("{other:?}"),
-    }
-}
-
-async fn example_ids(db: &Db, dataset: runnel_core::DatasetId) -> Vec<ExampleId> {
-    let mut ids = Vec::new();
-    loop {
-        let page = db
-            .examples_page(dataset, ids.last().copied(), 1000)
-            .await
-            .unwrap();
-        if page.is_empty() {
-            return ids;
-        }
-        ids.extend(page.into_iter().map(|(id, _)| id));
     }
 }
 
@@ -317,7 +306,11 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        let only = std::env::var("RUNNEL_BENCH_DATABASES").unwrap_or_default();
         for kind in [DatabaseKind::Sqlite, DatabaseKind::Postgres] {
+            if !only.is_empty() && !only.contains(kind.as_str()) {
+                continue;
+            }
             with_temp_db(kind, async |temp| {
                 write_throughput(kind, temp.url(), rounds).await
             })

@@ -179,7 +179,8 @@ impl Db {
             }
             Some(DatabaseKind::Postgres) => {
                 let options = PgConnectOptions::from_str(&config.url)
-                    .map_err(|e| config_error(e, &config.url))?;
+                    .map_err(|e| config_error(e, &config.url))?
+                    .application_name("runnel");
                 let pool = pool_options::<Postgres>(config)
                     .connect_with(options)
                     .await
