@@ -19,8 +19,15 @@ macro_rules! dataset_view {
 }
 pub(crate) use dataset_view;
 
-/// The columns a run upsert writes, and what a replacing write sets.
+/// The columns a run upsert writes, what it selects from the rows `v` and
+/// the experiment `x` (the timestamps follow, per dialect), and what a
+/// replacing write sets.
 macro_rules! run_upsert {
+    (select) => {
+        "SELECT v.experiment_id, v.example_id, v.repetition, v.succeeded, v.output, v.error,
+                v.attempts, v.latency_ms, v.total_latency_ms, v.prompt_tokens,
+                v.completion_tokens, x.epoch, "
+    };
     (insert) => {
         "INSERT INTO runs (experiment_id, example_id, repetition, succeeded, output, error, attempts,
                            latency_ms, total_latency_ms, prompt_tokens, completion_tokens, epoch,
@@ -37,8 +44,15 @@ macro_rules! run_upsert {
 }
 pub(crate) use run_upsert;
 
-/// The columns an annotation upsert writes, and what a replacing write sets.
+/// The columns an annotation upsert writes, what it selects from the rows
+/// `v` and the experiment `x` (the timestamp follows, per dialect), and what
+/// a replacing write sets.
 macro_rules! annotation_upsert {
+    (select) => {
+        "SELECT v.experiment_id, v.run_id, v.evaluator_id, v.succeeded, v.label, v.score,
+                v.explanation, v.error, v.attempts, v.latency_ms, v.prompt_tokens,
+                v.completion_tokens, x.epoch, "
+    };
     (insert) => {
         "INSERT INTO annotations (experiment_id, run_id, evaluator_id, succeeded, label, score,
                                   explanation, error, attempts, latency_ms, prompt_tokens,

@@ -120,10 +120,8 @@ static SQL: Sql = Sql {
         tail: concat!(
             ") ",
             run_upsert!(insert),
-            "SELECT v.experiment_id, v.example_id, v.repetition, v.succeeded, v.output, v.error,
-                    v.attempts, v.latency_ms, v.total_latency_ms, v.prompt_tokens,
-                    v.completion_tokens, x.epoch,
-                    strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') - v.total_latency_ms / 86400000.0),
+            run_upsert!(select),
+            "strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') - v.total_latency_ms / 86400000.0),
                     ", now!(), "
              FROM v JOIN experiments x ON x.id = v.experiment_id
              WHERE ", fence!("v.experiment_id", "v.epoch", "v.replica"),
@@ -143,9 +141,8 @@ static SQL: Sql = Sql {
         tail: concat!(
             ") ",
             annotation_upsert!(insert),
-            "SELECT v.experiment_id, v.run_id, v.evaluator_id, v.succeeded, v.label, v.score,
-                    v.explanation, v.error, v.attempts, v.latency_ms, v.prompt_tokens,
-                    v.completion_tokens, x.epoch, ", now!(), "
+            annotation_upsert!(select),
+            "", now!(), "
              FROM v JOIN experiments x ON x.id = v.experiment_id
              WHERE ", fence!("v.experiment_id", "v.epoch", "v.replica"),
             annotation_upsert!(update),
