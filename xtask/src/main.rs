@@ -4,7 +4,8 @@
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
 //! - `cargo xtask bench [NAME…] [--quick] [--json]`: runs benchmarks (release
-//!   build). Crate benchmarks: `core`.
+//!   build). Crate benchmarks: `core`, `advisor`, `call_overhead`, `sim`.
+//! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
 
 mod postgres;
 
@@ -32,6 +33,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Serve the simulated LLM provider (Ctrl-C stops it).
+    Sim(Box<runnel_sim::Args>),
     /// Run benchmarks in release mode and print their figures.
     Bench {
         /// Which benchmarks (default: all).
@@ -46,12 +49,18 @@ enum Cmd {
 }
 
 /// Crate benchmarks: (name, package, bench target).
-const CRATE_BENCHES: &[(&str, &str, &str)] = &[("core", "runnel-core", "core")];
+const CRATE_BENCHES: &[(&str, &str, &str)] = &[
+    ("core", "runnel-core", "core"),
+    ("advisor", "runnel-advisor", "advisor"),
+    ("call_overhead", "runnel-providers", "call_overhead"),
+    ("sim", "runnel-sim", "throughput"),
+];
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { full, args } => test(full, &args),
         Cmd::Bench { names, quick, json } => bench(&names, quick, json),
+        Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
     }
 }
 

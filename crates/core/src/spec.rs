@@ -108,7 +108,7 @@ pub struct ExampleData {
 
 /// The kind of a configured provider entry: which wire protocol its adapter
 /// speaks and which quota scope its rate limits have (DESIGN §6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// OpenAI's API (Chat Completions). Limits per model.

@@ -1,0 +1,463 @@
+//! The advisor's configuration: breaker and learning constants, a table of
+//! starting rates per provider kind, and explicit limits per provider entry.
+//!
+//! Every field has a documented default; the server loads this struct with
+//! figment (it is plain serde, so any loader works). Durations are written
+//! `"30s"`, `"500ms"` or as a number of seconds. Rates are per second, except
+//! the explicit `rpm` / `tpm` of a provider entry, which use the units
+//! providers publish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use runnel_core::ProviderKind;
+use runnel_core::config::duration;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AdvisorError;
+
+/// Constants of the advisor (DESIGN §5, §6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdvisorConfig {
+    /// Consecutive transient failures of one key that open its breaker. Default 5.
+    pub breaker_threshold: u32,
+    /// How long an open breaker stays open before one probe is let through.
+    /// Default `"30s"`.
+    #[serde(with = "duration")]
+    pub breaker_cooldown: Duration,
+    /// How long a half-open breaker waits for its probe's outcome before it
+    /// lets another probe through (the outcome was lost). Should exceed the
+    /// longest call timeout, so a slow probe is not doubled. Default `"150s"`.
+    #[serde(with = "duration")]
+    pub probe_timeout: Duration,
+    /// Burst capacity of a bucket, in seconds of its rate (at least one
+    /// request). Small, so a long idle period never releases a wall of
+    /// requests. Default 1.0.
+    pub burst_seconds: f64,
+    /// Multiplicative decrease of the request rate on a 429. Default 0.5.
+    pub decrease_factor: f64,
+    /// At most one decrease per window, so a burst of concurrent 429s (all
+    /// caused by the same overshoot) halves the rate once. 429 replies come
+    /// back fast, so one second covers the calls sent at the old rate.
+    /// Default `"1s"`.
+    #[serde(with = "duration")]
+    pub decrease_window: Duration,
+    /// After a decrease, the rate grows back to the last good rate linearly
+    /// over this time. Default `"1s"`.
+    #[serde(with = "duration")]
+    pub recovery_time: Duration,
+    /// Additive increase while probing near the rate that drew the last 429
+    /// (and the bucket is the bottleneck): the fraction of the rate added per
+    /// second, at most 0.1 % per success. Repeated 429s at the same rate
+    /// shrink it. Default 0.02.
+    pub additive_step: f64,
+    /// Growth per second of saturated use before any limit is known (slow
+    /// start). Default 2.0 (doubling each second, at most once per success).
+    pub slow_start_factor: f64,
+    /// Lowest request rate the learning may reach, per second. Default 1/60
+    /// (one request per minute).
+    pub min_rps: f64,
+    /// Fraction of a limit learned from headers that is used, leaving room for
+    /// timing jitter between this process and the provider. Default 0.95.
+    pub header_headroom: f64,
+    /// Kind assumed for a key whose provider entry is not in `providers`.
+    /// Default `openai_compatible`.
+    pub default_kind: ProviderKind,
+    /// Starting rates per provider kind; a kind missing here uses the built-in
+    /// value of [`KindDefault::builtin`]. Defaults to the built-in table.
+    pub kinds: HashMap<ProviderKind, KindDefault>,
+    /// Explicit settings per provider entry (the `[providers.NAME]` name that
+    /// starts every rate-limit key). Default empty.
+    pub providers: BTreeMap<String, ProviderLimits>,
+}
+
+impl Default for AdvisorConfig {
+    fn default() -> Self {
+        Self {
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(150),
+            burst_seconds: 1.0,
+            decrease_factor: 0.5,
+            decrease_window: Duration::from_secs(1),
+            recovery_time: Duration::from_secs(1),
+            additive_step: 0.02,
+            slow_start_factor: 2.0,
+            min_rps: 1.0 / 60.0,
+            header_headroom: 0.95,
+            default_kind: ProviderKind::OpenAiCompatible,
+            kinds: ProviderKind::ALL
+                .iter()
+                .map(|&k| (k, KindDefault::builtin(k)))
+                .collect(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The starting point of every key of one provider kind.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindDefault {
+    /// Starting request rate per second, before anything is learned.
+    pub initial_rps: f64,
+    /// No client-side rate limit at all (local servers); pauses the provider
+    /// asks for and the breaker still apply.
+    #[serde(default)]
+    pub unlimited: bool,
+}
+
+impl KindDefault {
+    /// The built-in starting rate of `kind`: roughly the lowest paid (or free)
+    /// tier of each provider, so a fresh key starts near its real limit and
+    /// slow start or the provider's headers find the rest within seconds.
+    ///
+    /// | kind | start | why |
+    /// |---|---|---|
+    /// | openai | 500 RPM | tier 1 of most models |
+    /// | azure | 60 RPM | a small deployment (10 k TPM ≈ 60 RPM) |
+    /// | anthropic | 50 RPM | tier 1 |
+    /// | gemini | 5 RPM | free tier of the larger models |
+    /// | groq, cerebras | 30 RPM | free tier |
+    /// | xai, mistral, openai_compatible | 60 RPM | one per second |
+    /// | deepseek | 120 RPM | no published limit; start moderate |
+    /// | together, fireworks | 300 RPM | entry tiers |
+    /// | local | unlimited | Ollama, vLLM, llama.cpp (600 RPM if `unlimited = false`) |
+    pub fn builtin(kind: ProviderKind) -> Self {
+        let rpm = match kind {
+            ProviderKind::OpenAi => 500.0,
+            ProviderKind::Azure => 60.0,
+            ProviderKind::Anthropic => 50.0,
+            ProviderKind::Gemini => 5.0,
+            ProviderKind::Groq | ProviderKind::Cerebras => 30.0,
+            ProviderKind::Xai | ProviderKind::Mistral | ProviderKind::OpenAiCompatible => 60.0,
+            ProviderKind::DeepSeek => 120.0,
+            ProviderKind::Together | ProviderKind::Fireworks => 300.0,
+            ProviderKind::Local => 600.0,
+        };
+        Self {
+            initial_rps: rpm / 60.0,
+            unlimited: kind == ProviderKind::Local,
+        }
+    }
+}
+
+/// Explicit settings of one provider entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderLimits {
+    /// The provider kind; `None` uses [`AdvisorConfig::default_kind`].
+    pub kind: Option<ProviderKind>,
+    /// Requests per minute: honoured exactly — no 60-second window ever holds
+    /// more permits — and never exceeded by anything learned.
+    pub rpm: Option<u64>,
+    /// Tokens per minute, for calls whose token estimate is known: honoured
+    /// exactly like `rpm`.
+    pub tpm: Option<u64>,
+    /// Starting request rate per second (instead of the kind's, or of `rpm`
+    /// when that is given).
+    pub initial_rps: Option<f64>,
+    /// No client-side rate limit (`Some(true)`), or a limit even for a kind
+    /// that is unlimited by default (`Some(false)`). Cannot be combined with
+    /// `rpm` or `tpm`.
+    pub unlimited: Option<bool>,
+}
+
+impl ProviderLimits {
+    /// The configuration keys of these settings. A server that keeps them in
+    /// the same `[providers.NAME]` table as the provider adapter's keys can
+    /// split the table with this list (`kind` belongs to both) and
+    /// deserialize each part with its own `deny_unknown_fields` type.
+    pub const KEYS: &'static [&'static str] = &["kind", "rpm", "tpm", "initial_rps", "unlimited"];
+}
+
+/// The limits that apply to one provider entry, resolved from the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResolvedLimits {
+    /// No request bucket at all.
+    pub unlimited: bool,
+    /// Starting request rate per second.
+    pub initial_rps: f64,
+    /// Explicit requests per minute.
+    pub rpm: Option<u64>,
+    /// Explicit tokens per minute.
+    pub tpm: Option<u64>,
+}
+
+impl AdvisorConfig {
+    /// The limits of keys under provider entry `provider`.
+    pub fn resolve(&self, provider: &str) -> ResolvedLimits {
+        let entry = self.providers.get(provider).copied().unwrap_or_default();
+        let kind = entry.kind.unwrap_or(self.default_kind);
+        let kind_default = self
+            .kinds
+            .get(&kind)
+            .copied()
+            .unwrap_or_else(|| KindDefault::builtin(kind));
+        let explicit = entry.rpm.is_some() || entry.tpm.is_some();
+        let unlimited = entry
+            .unlimited
+            .unwrap_or(kind_default.unlimited && !explicit);
+        ResolvedLimits {
+            unlimited,
+            // An explicit limit is the best starting point there is.
+            initial_rps: entry.initial_rps.unwrap_or_else(|| {
+                entry
+                    .rpm
+                    .map_or(kind_default.initial_rps, |rpm| rpm as f64 / 60.0)
+            }),
+            rpm: entry.rpm,
+            tpm: entry.tpm,
+        }
+    }
+
+    /// Checks every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), AdvisorError> {
+        fn bad(key: impl Into<String>, message: &str) -> Result<(), AdvisorError> {
+            Err(AdvisorError::Config {
+                key: key.into(),
+                message: message.to_owned(),
+            })
+        }
+        fn positive_rate(x: f64) -> bool {
+            x.is_finite() && x > 0.0 && x <= MAX_RATE
+        }
+        if self.breaker_threshold == 0 {
+            return bad("breaker_threshold", "must be at least 1");
+        }
+        if self.breaker_cooldown.is_zero() {
+            return bad("breaker_cooldown", "must be greater than zero");
+        }
+        if self.probe_timeout.is_zero() {
+            return bad("probe_timeout", "must be greater than zero");
+        }
+        if !(self.burst_seconds.is_finite()
+            && self.burst_seconds > 0.0
+            && self.burst_seconds <= 60.0)
+        {
+            return bad("burst_seconds", "must be greater than 0 and at most 60");
+        }
+        if !(self.decrease_factor > 0.0 && self.decrease_factor < 1.0) {
+            return bad("decrease_factor", "must be between 0 and 1 (exclusive)");
+        }
+        if self.decrease_window.is_zero() {
+            return bad("decrease_window", "must be greater than zero");
+        }
+        if self.recovery_time.is_zero() {
+            return bad("recovery_time", "must be greater than zero");
+        }
+        if !(self.additive_step.is_finite() && (0.0..=10.0).contains(&self.additive_step)) {
+            return bad("additive_step", "must be between 0 and 10");
+        }
+        if !(self.slow_start_factor.is_finite() && (1.0..=100.0).contains(&self.slow_start_factor))
+        {
+            return bad("slow_start_factor", "must be between 1 and 100");
+        }
+        if !positive_rate(self.min_rps) {
+            return bad(
+                "min_rps",
+                "must be a positive number of requests per second",
+            );
+        }
+        if !(self.header_headroom > 0.0 && self.header_headroom <= 1.0) {
+            return bad("header_headroom", "must be greater than 0 and at most 1");
+        }
+        for (kind, d) in &self.kinds {
+            if !positive_rate(d.initial_rps) {
+                return bad(
+                    format!("kinds.{}.initial_rps", kind.as_str()),
+                    "must be a positive number of requests per second",
+                );
+            }
+        }
+        for (name, p) in &self.providers {
+            if name.contains('|') {
+                return bad(
+                    format!("providers.{name}"),
+                    "a provider entry name cannot contain `|` (it separates the parts of a rate-limit key)",
+                );
+            }
+            if p.rpm == Some(0) {
+                return bad(format!("providers.{name}.rpm"), "must be at least 1");
+            }
+            if p.tpm == Some(0) {
+                return bad(format!("providers.{name}.tpm"), "must be at least 1");
+            }
+            if let Some(r) = p.initial_rps
+                && !positive_rate(r)
+            {
+                return bad(
+                    format!("providers.{name}.initial_rps"),
+                    "must be a positive number of requests per second",
+                );
+            }
+            if p.unlimited == Some(true) && (p.rpm.is_some() || p.tpm.is_some()) {
+                return bad(
+                    format!("providers.{name}.unlimited"),
+                    "cannot be true together with an explicit rpm or tpm",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Highest rate a bucket represents (one per nanosecond); anything above it
+/// is configured as unlimited instead.
+pub const MAX_RATE: f64 = 1.0e9;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_cover_every_kind() {
+        let c = AdvisorConfig::default();
+        c.validate().unwrap();
+        for kind in ProviderKind::ALL {
+            assert!(c.kinds.contains_key(&kind), "{kind:?}");
+        }
+        assert!(c.resolve("anything").initial_rps > 0.0);
+        assert!(!c.resolve("anything").unlimited);
+    }
+
+    #[test]
+    fn reads_partial_config_and_rejects_unknown_keys() {
+        let c: AdvisorConfig = serde_json::from_str(
+            r#"{"breaker_cooldown": "10s", "providers": {"oa": {"kind": "openai", "rpm": 600}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.breaker_cooldown, Duration::from_secs(10));
+        assert_eq!(c.breaker_threshold, 5);
+        assert_eq!(c.providers["oa"].rpm, Some(600));
+        let err = serde_json::from_str::<AdvisorConfig>(r#"{"breaker_treshold": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("breaker_treshold"), "{err}");
+        let err = serde_json::from_str::<AdvisorConfig>(r#"{"providers": {"x": {"rmp": 3}}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("rmp"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_kind_table_keeps_the_builtin_values_of_the_others() {
+        let c: AdvisorConfig =
+            serde_json::from_str(r#"{"kinds": {"gemini": {"initial_rps": 0.5}}}"#).unwrap();
+        c.validate().unwrap();
+        let gemini = AdvisorConfig {
+            providers: [(
+                "g".to_owned(),
+                ProviderLimits {
+                    kind: Some(ProviderKind::Gemini),
+                    ..ProviderLimits::default()
+                },
+            )]
+            .into(),
+            ..c.clone()
+        };
+        assert_eq!(gemini.resolve("g").initial_rps, 0.5);
+        assert_eq!(
+            c.resolve("other").initial_rps,
+            KindDefault::builtin(ProviderKind::OpenAiCompatible).initial_rps
+        );
+    }
+
+    #[test]
+    fn the_listed_keys_are_exactly_the_fields() {
+        let value = serde_json::to_value(ProviderLimits {
+            kind: Some(ProviderKind::Groq),
+            rpm: Some(1),
+            tpm: Some(1),
+            initial_rps: Some(1.0),
+            unlimited: Some(false),
+        })
+        .unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        let mut keys = ProviderLimits::KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn local_is_unlimited_unless_limits_are_given() {
+        let mut c = AdvisorConfig::default();
+        c.providers.insert(
+            "ollama".into(),
+            ProviderLimits {
+                kind: Some(ProviderKind::Local),
+                ..ProviderLimits::default()
+            },
+        );
+        c.providers.insert(
+            "vllm".into(),
+            ProviderLimits {
+                kind: Some(ProviderKind::Local),
+                rpm: Some(120),
+                ..ProviderLimits::default()
+            },
+        );
+        assert!(c.resolve("ollama").unlimited);
+        let v = c.resolve("vllm");
+        assert!(!v.unlimited);
+        assert_eq!(v.rpm, Some(120));
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        fn key_of(c: &AdvisorConfig) -> String {
+            match c.validate() {
+                Err(AdvisorError::Config { key, .. }) => key,
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        }
+        let base = AdvisorConfig::default();
+        let c = AdvisorConfig {
+            breaker_threshold: 0,
+            ..base.clone()
+        };
+        assert_eq!(key_of(&c), "breaker_threshold");
+        let c = AdvisorConfig {
+            decrease_factor: 1.0,
+            ..base.clone()
+        };
+        assert_eq!(key_of(&c), "decrease_factor");
+        let c = AdvisorConfig {
+            burst_seconds: f64::NAN,
+            ..base.clone()
+        };
+        assert_eq!(key_of(&c), "burst_seconds");
+        let mut c = base.clone();
+        c.providers.insert(
+            "oa".into(),
+            ProviderLimits {
+                rpm: Some(0),
+                ..ProviderLimits::default()
+            },
+        );
+        assert_eq!(key_of(&c), "providers.oa.rpm");
+        let mut c = base.clone();
+        c.providers.insert(
+            "oa".into(),
+            ProviderLimits {
+                rpm: Some(10),
+                unlimited: Some(true),
+                ..ProviderLimits::default()
+            },
+        );
+        assert_eq!(key_of(&c), "providers.oa.unlimited");
+        let mut c = base.clone();
+        c.kinds.insert(
+            ProviderKind::Gemini,
+            KindDefault {
+                initial_rps: -1.0,
+                unlimited: false,
+            },
+        );
+        assert_eq!(key_of(&c), "kinds.gemini.initial_rps");
+    }
+}
