@@ -19,8 +19,15 @@ macro_rules! dataset_view {
 }
 pub(crate) use dataset_view;
 
-/// The columns a run upsert writes, and what a replacing write sets.
+/// The columns a run upsert writes, what it selects from the rows `v` and
+/// the experiment `x` (the timestamps follow, per dialect), and what a
+/// replacing write sets.
 macro_rules! run_upsert {
+    (select) => {
+        "SELECT v.experiment_id, v.example_id, v.repetition, v.succeeded, v.output, v.error,
+                v.attempts, v.latency_ms, v.total_latency_ms, v.prompt_tokens,
+                v.completion_tokens, x.epoch, "
+    };
     (insert) => {
         "INSERT INTO runs (experiment_id, example_id, repetition, succeeded, output, error, attempts,
                            latency_ms, total_latency_ms, prompt_tokens, completion_tokens, epoch,
@@ -37,8 +44,15 @@ macro_rules! run_upsert {
 }
 pub(crate) use run_upsert;
 
-/// The columns an annotation upsert writes, and what a replacing write sets.
+/// The columns an annotation upsert writes, what it selects from the rows
+/// `v` and the experiment `x` (the timestamp follows, per dialect), and what
+/// a replacing write sets.
 macro_rules! annotation_upsert {
+    (select) => {
+        "SELECT v.experiment_id, v.run_id, v.evaluator_id, v.succeeded, v.label, v.score,
+                v.explanation, v.error, v.attempts, v.latency_ms, v.prompt_tokens,
+                v.completion_tokens, x.epoch, "
+    };
     (insert) => {
         "INSERT INTO annotations (experiment_id, run_id, evaluator_id, succeeded, label, score,
                                   explanation, error, attempts, latency_ms, prompt_tokens,
@@ -54,6 +68,28 @@ macro_rules! annotation_upsert {
     };
 }
 pub(crate) use annotation_upsert;
+
+/// The start of a multi-row run upsert: the rows, as a `VALUES` list named
+/// `v`, follow.
+macro_rules! run_rows {
+    () => {
+        "WITH v (experiment_id, example_id, repetition, succeeded, output, error, attempts,
+                 latency_ms, total_latency_ms, prompt_tokens, completion_tokens, epoch, replica)
+         AS (VALUES "
+    };
+}
+pub(crate) use run_rows;
+
+/// The start of a multi-row annotation upsert: the rows, as a `VALUES` list
+/// named `v`, follow.
+macro_rules! annotation_rows {
+    () => {
+        "WITH v (experiment_id, run_id, evaluator_id, succeeded, label, score, explanation, error,
+                 attempts, latency_ms, prompt_tokens, completion_tokens, epoch, replica)
+         AS (VALUES "
+    };
+}
+pub(crate) use annotation_rows;
 
 /// The select lists of the run and annotation views.
 macro_rules! result_view {
@@ -114,6 +150,39 @@ pub(crate) trait Backend: sqlx::Database {
     /// Whether a database error code means "try again later" (locked, busy,
     /// connection lost, deadlock, shutting down).
     fn is_transient(code: &str) -> bool;
+}
+
+/// A statement over rows given as a `VALUES` list: `head`, then one tuple of
+/// placeholders per row (the j-th followed by `casts[j]`), then `tail`.
+pub(crate) struct MultiRow {
+    /// Up to the first row.
+    pub(crate) head: &'static str,
+    /// A suffix per column (PostgreSQL types the `VALUES` columns with
+    /// casts; SQLite needs none).
+    pub(crate) casts: &'static [&'static str],
+    /// After the last row.
+    pub(crate) tail: &'static str,
+}
+
+impl MultiRow {
+    /// The statement for `rows` rows, with placeholders from `placeholder`.
+    pub(crate) fn sql(&self, rows: usize, placeholder: fn(usize) -> String) -> String {
+        let width = self.casts.len();
+        let mut sql = String::from(self.head);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for (col, cast) in self.casts.iter().enumerate() {
+                if col > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&placeholder(row * width + col + 1));
+                sql.push_str(cast);
+            }
+            sql.push(')');
+        }
+        sql.push_str(self.tail);
+        sql
+    }
 }
 
 /// Every statement the store runs, per database. Binds are listed as
@@ -181,19 +250,21 @@ pub(crate) struct Sql {
     /// plans from statistics; SQLite needs none).
     pub(crate) after_import: Option<&'static str>,
 
-    /// Fenced upsert of a run. Binds: 1 experiment, 2 example, 3 repetition,
-    /// 4 succeeded, 5 output, 6 error, 7 attempts, 8 latency_ms,
-    /// 9 total_latency_ms, 10 prompt_tokens, 11 completion_tokens, 12 epoch,
-    /// 13 replica → (id) when a row was inserted or a failure replaced.
-    pub(crate) record_run: &'static str,
+    /// Fenced upsert of runs, each row fenced by its own claim in the same
+    /// statement. Per row: experiment, example, repetition, succeeded,
+    /// output, error, attempts, latency_ms, total_latency_ms, prompt_tokens,
+    /// completion_tokens, epoch, replica → (experiment_id, example_id,
+    /// repetition, id) for each row inserted or failure replaced. The rows
+    /// must have distinct identities.
+    pub(crate) record_runs: MultiRow,
     /// Why a run upsert returned nothing. Binds: 1 experiment, 2 example,
     /// 3 repetition, 4 epoch, 5 replica → (fence holds, id of the existing success).
     pub(crate) run_diagnosis: &'static str,
-    /// Fenced upsert of an annotation. Binds: 1 experiment, 2 run,
-    /// 3 evaluator, 4 succeeded, 5 label, 6 score, 7 explanation, 8 error,
-    /// 9 attempts, 10 latency_ms, 11 prompt_tokens, 12 completion_tokens,
-    /// 13 epoch, 14 replica → (id).
-    pub(crate) record_annotation: &'static str,
+    /// Fenced upsert of annotations, like `record_runs`. Per row:
+    /// experiment, run, evaluator, succeeded, label, score, explanation,
+    /// error, attempts, latency_ms, prompt_tokens, completion_tokens, epoch,
+    /// replica → (run_id, evaluator_id) for each row written.
+    pub(crate) record_annotations: MultiRow,
     /// Why an annotation upsert returned nothing. Binds: 1 experiment, 2 run,
     /// 3 evaluator, 4 epoch, 5 replica → (fence holds, id of the existing success).
     pub(crate) annotation_diagnosis: &'static str,

@@ -18,12 +18,22 @@
 //! writer task that is itself dropped mid-transaction rolls the transaction
 //! back. Either way no half-written row exists.
 //!
+//! Waiting for company: a group waits (at most `window`) for more writes only
+//! while some caller that has been writing recently is not yet represented,
+//! i.e. while fewer writes are pending (queued, grouped or being committed)
+//! than the recent peak of pending writes. Callers that wait for their
+//! verdict before writing again — the engine's jobs do — are then all in the
+//! group or in the one being committed, and the group is committed at once
+//! instead of waiting out a window no new write can arrive in. Under a load
+//! of independent writers the window is used in full.
+//!
 //! When a group fails for a reason that may pass (database unreachable), every
 //! caller in it gets that error and retries. When it fails for any other reason
 //! (one bad row), its writes are retried one per transaction so that one bad
 //! write cannot take the others down.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -57,9 +67,46 @@ struct Request<Op, Out> {
 
 type Queue<Op, Out> = Arc<Mutex<mpsc::Receiver<Request<Op, Out>>>>;
 
+/// Pending writes (queued, grouped or being committed) and their recent peak.
+#[derive(Default)]
+struct Load {
+    pending: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Load {
+    /// Notes the current load when a group starts; the peak decays by a
+    /// sixteenth per group, so it follows a load that drops.
+    fn observe(&self) -> usize {
+        let pending = self.pending.load(Ordering::SeqCst);
+        let old = self.peak.load(Ordering::SeqCst);
+        let peak = pending.max(old - old / 16);
+        self.peak.store(peak, Ordering::SeqCst);
+        peak
+    }
+
+    /// Answers one write. It stops counting as pending first, so that a
+    /// caller who writes again at once is not counted twice.
+    fn answer<Out>(
+        &self,
+        reply: oneshot::Sender<Result<Out, StoreError>>,
+        verdict: Result<Out, StoreError>,
+    ) {
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        // A caller that stopped waiting has dropped its receiver.
+        let _ = reply.send(verdict);
+    }
+
+    /// Whether every recent writer is represented (waiting is pointless).
+    fn all_in(&self, peak: usize) -> bool {
+        self.pending.load(Ordering::SeqCst) >= peak
+    }
+}
+
 /// The queue in front of the writer tasks.
 pub(crate) struct Batcher<Op, Out> {
     queue: mpsc::Sender<Request<Op, Out>>,
+    load: Arc<Load>,
     writers: Vec<JoinHandle<()>>,
 }
 
@@ -72,19 +119,30 @@ where
     pub(crate) fn spawn(limits: BatchLimits, write: GroupWrite<Op, Out>) -> Self {
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
         let rx: Queue<Op, Out> = Arc::new(Mutex::new(rx));
+        let load = Arc::new(Load::default());
         let writers = (0..limits.writers.max(1))
-            .map(|_| tokio::spawn(writer(rx.clone(), write.clone(), limits)))
+            .map(|_| tokio::spawn(writer(rx.clone(), write.clone(), load.clone(), limits)))
             .collect();
-        Self { queue: tx, writers }
+        Self {
+            queue: tx,
+            load,
+            writers,
+        }
     }
 
     /// Queues `op` and waits until its group has committed.
     pub(crate) async fn submit(&self, op: Op) -> Result<Out, StoreError> {
         let (reply, verdict) = oneshot::channel();
-        self.queue
-            .send(Request { op, reply })
+        // Waiting for room in the queue can be cancelled; once there is room,
+        // counting and queueing happen without a pause, so the writer that
+        // un-counts the write (after answering it) always counted it first.
+        let slot = self
+            .queue
+            .reserve()
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        self.load.pending.fetch_add(1, Ordering::SeqCst);
+        slot.send(Request { op, reply });
         verdict.await.map_err(|_| {
             StoreError::Unavailable("the batch writer stopped before answering".into())
         })?
@@ -101,31 +159,37 @@ where
     }
 }
 
-async fn writer<Op, Out>(queue: Queue<Op, Out>, write: GroupWrite<Op, Out>, limits: BatchLimits)
-where
+async fn writer<Op, Out>(
+    queue: Queue<Op, Out>,
+    write: GroupWrite<Op, Out>,
+    load: Arc<Load>,
+    limits: BatchLimits,
+) where
     Op: Clone + Send + 'static,
     Out: Send + 'static,
 {
     loop {
         let group = {
             let mut rx = queue.lock().await;
-            match next_group(&mut rx, limits).await {
+            match next_group(&mut rx, &load, limits).await {
                 Some(group) => group,
                 None => return,
             }
         };
-        commit(group, &write).await;
+        commit(group, &write, &load).await;
     }
 }
 
 /// Takes the next group: waits for a first write, then takes what is queued
-/// and waits up to `window` for more, up to `size` writes. `None` once the
-/// queue is closed and empty.
+/// and, while a recent writer is still missing, waits up to `window` for
+/// more, up to `size` writes. `None` once the queue is closed and empty.
 async fn next_group<Op, Out>(
     rx: &mut mpsc::Receiver<Request<Op, Out>>,
+    load: &Load,
     limits: BatchLimits,
 ) -> Option<Vec<Request<Op, Out>>> {
     let first = rx.recv().await?;
+    let peak = load.observe();
     let mut group = Vec::with_capacity(limits.size.min(64));
     group.push(first);
     let deadline = tokio::time::Instant::now() + limits.window;
@@ -133,6 +197,7 @@ async fn next_group<Op, Out>(
         match rx.try_recv() {
             Ok(request) => group.push(request),
             Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) if load.all_in(peak) => break,
             Err(mpsc::error::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(request)) => group.push(request),
@@ -144,7 +209,7 @@ async fn next_group<Op, Out>(
     Some(group)
 }
 
-async fn commit<Op, Out>(group: Vec<Request<Op, Out>>, write: &GroupWrite<Op, Out>)
+async fn commit<Op, Out>(group: Vec<Request<Op, Out>>, write: &GroupWrite<Op, Out>, load: &Load)
 where
     Op: Clone + Send + 'static,
     Out: Send + 'static,
@@ -154,11 +219,21 @@ where
     // Kept for a one-by-one retry; cloned only when a group has several writes.
     let retry = if single { Vec::new() } else { ops.clone() };
     match write(ops).await {
-        Ok(outs) => answer(replies, outs),
+        Ok(outs) => {
+            let (expected, got) = (replies.len(), outs.len());
+            let mut outs = outs.into_iter();
+            for reply in replies {
+                let verdict = outs.next().ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "a group of {expected} writes returned {got} verdicts"
+                    ))
+                });
+                load.answer(reply, verdict);
+            }
+        }
         Err(e) if single || e.is_retryable() => {
             for reply in replies {
-                // A caller that stopped waiting has dropped its receiver.
-                let _ = reply.send(Err(e.clone()));
+                load.answer(reply, Err(e.clone()));
             }
         }
         Err(e) => {
@@ -168,23 +243,9 @@ where
                     outs.pop()
                         .ok_or_else(|| StoreError::Database("a write returned no verdict".into()))
                 });
-                let _ = reply.send(verdict);
+                load.answer(reply, verdict);
             }
         }
-    }
-}
-
-fn answer<Out>(replies: Vec<oneshot::Sender<Result<Out, StoreError>>>, outs: Vec<Out>) {
-    let expected = replies.len();
-    let got = outs.len();
-    let mut outs = outs.into_iter();
-    for reply in replies {
-        let verdict = outs.next().ok_or_else(|| {
-            StoreError::Database(format!(
-                "a group of {expected} writes returned {got} verdicts"
-            ))
-        });
-        let _ = reply.send(verdict);
     }
 }
 
@@ -255,6 +316,66 @@ mod tests {
         assert_eq!(batcher.submit(21).await, Ok(42));
         assert!(start.elapsed() <= Duration::from_millis(5));
         assert_eq!(*groups.lock().unwrap(), vec![vec![21]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_wait_for_their_verdict_are_not_held_for_the_window() {
+        let groups = Arc::new(StdMutex::new(Vec::new()));
+        let limits = BatchLimits {
+            window: Duration::from_secs(1),
+            ..limits(64, 1)
+        };
+        let batcher = Arc::new(Batcher::spawn(limits, recorder(groups.clone())));
+        let start = tokio::time::Instant::now();
+        let callers: Vec<_> = (0..4)
+            .map(|c| {
+                let b = batcher.clone();
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        b.submit(c * 100 + i).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+        // 40 writes in at least 10 groups: a one-second wait per group would
+        // show as ten seconds of (virtual) time.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            groups.lock().unwrap().iter().map(Vec::len).sum::<usize>(),
+            40
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn independent_writers_are_grouped_within_the_window() {
+        let groups = Arc::new(StdMutex::new(Vec::new()));
+        let batcher = Arc::new(Batcher::spawn(limits(64, 1), recorder(groups.clone())));
+        // Four writers were busy recently...
+        let burst: Vec<_> = (0..4)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(i).await })
+            })
+            .collect();
+        for call in burst {
+            call.await.unwrap().unwrap();
+        }
+        groups.lock().unwrap().clear();
+        // ...so a lone write waits for company, and one arriving 2 ms later
+        // (within the 5 ms window) joins its group.
+        let b = batcher.clone();
+        let first = tokio::spawn(async move { b.submit(10).await });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(batcher.submit(11).await, Ok(22));
+        assert_eq!(first.await.unwrap(), Ok(20));
+        assert_eq!(*groups.lock().unwrap(), vec![vec![10, 11]]);
     }
 
     #[tokio::test(start_paused = true)]

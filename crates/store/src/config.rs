@@ -43,9 +43,10 @@ pub struct StoreConfig {
     pub batch_window: Duration,
     /// Writes queued for the batch writers before callers wait. Default 1024.
     pub batch_queue: usize,
-    /// Batch writers working in parallel, each committing its own groups.
-    /// SQLite has one writer at a time anyway; PostgreSQL gains from 2 or more.
-    /// Default 2.
+    /// Batch writers working in parallel on PostgreSQL, each committing its
+    /// own groups (more can help where commits wait long for the disk).
+    /// SQLite always uses one: it has one writer at a time, and a second
+    /// would only wait for the lock. Default 1.
     pub batch_writers: usize,
     /// Apply pending migrations when connecting. When false, connecting to a
     /// database that lacks migrations fails with a message to run
@@ -64,7 +65,7 @@ impl Default for StoreConfig {
             batch_size: 64,
             batch_window: Duration::from_millis(2),
             batch_queue: 1024,
-            batch_writers: 2,
+            batch_writers: 1,
             auto_migrate: true,
         }
     }

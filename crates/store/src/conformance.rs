@@ -168,6 +168,7 @@ macro_rules! conformance_tests {
             logs_are_appended,
             missing_experiments_and_empty_pages,
             long_sweeps_page_through_everything_once,
+            writes_to_one_row_in_flight_together_keep_their_order,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -926,6 +927,49 @@ pub async fn long_sweeps_page_through_everything_once<H: Harness>(h: &H) {
     assert_eq!(seen, expected_evals);
 }
 
+/// Several writes to one run or annotation in flight at once (the batch
+/// writers may put them in one group) take effect in the order they were
+/// made, with the replacement rules applied in that order.
+pub async fn writes_to_one_row_in_flight_together_keep_their_order<H: Harness>(h: &H) {
+    let s = h.store();
+    let (dataset, examples) = h.create_dataset(2).await;
+    let (x, evaluators) = h.create_experiment(dataset, 1, &["judge"]).await;
+    let claim = h.start(x, &replica("replica-a")).await;
+    let (e0, e1) = (examples[0], examples[1]);
+    let verdicts = futures::future::join_all([
+        s.record_run(&claim, failure(e0, 0, "first", 1)),
+        s.record_run(&claim, success(e1, 0, "other")),
+        s.record_run(&claim, success(e0, 0, "second")),
+        s.record_run(&claim, failure(e0, 0, "third", 1)),
+        s.record_run(&claim, success(e0, 0, "fourth")),
+    ])
+    .await;
+    let news: Vec<bool> = verdicts
+        .into_iter()
+        .map(|v| accepted_run(v.unwrap()).new_success)
+        .collect();
+    assert_eq!(news, [false, true, true, false, false]);
+    let runs = h.runs(x).await;
+    let run = runs.iter().find(|r| r.key.example == e0).unwrap();
+    assert_eq!(run.output.as_deref(), Some("second"));
+
+    let judge = evaluators[0];
+    let verdicts = futures::future::join_all([
+        s.record_annotation(&claim, verdict(run.id, judge, None, Some("garbled"))),
+        s.record_annotation(&claim, verdict(run.id, judge, Some("YES"), None)),
+        s.record_annotation(&claim, verdict(run.id, judge, Some("NO"), None)),
+    ])
+    .await;
+    assert!(
+        verdicts
+            .into_iter()
+            .all(|v| v.unwrap() == Write::Accepted(()))
+    );
+    let stored = h.annotations(x).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].label.as_deref(), Some("YES"));
+}
+
 /// The harness for [`Db`] on a throw-away SQLite file or PostgreSQL
 /// database, written against `Db`'s public API only.
 #[derive(Debug)]
@@ -992,21 +1036,6 @@ impl DbHarness {
         self.temp.url()
     }
 
-    async fn example_ids(&self, dataset: DatasetId) -> Vec<ExampleId> {
-        let mut ids = Vec::new();
-        loop {
-            let page = self
-                .db
-                .examples_page(dataset, ids.last().copied(), 1000)
-                .await
-                .unwrap();
-            if page.is_empty() {
-                return ids;
-            }
-            ids.extend(page.into_iter().map(|(id, _)| id));
-        }
-    }
-
     async fn all_runs(&self, experiment: ExperimentId) -> Vec<crate::RunView> {
         let mut runs = Vec::new();
         let mut cursor = None;
@@ -1034,16 +1063,21 @@ impl Harness for DbHarness {
             .create_dataset("conformance", &new_examples(0, examples))
             .await
             .unwrap();
-        (info.id, self.example_ids(info.id).await)
+        (
+            info.id,
+            crate::testing::example_ids(&self.db, info.id).await,
+        )
     }
 
     async fn add_examples(&self, dataset: DatasetId, first: usize, count: usize) -> Vec<ExampleId> {
-        let before = self.example_ids(dataset).await.len();
+        let before = crate::testing::example_ids(&self.db, dataset).await.len();
         self.db
             .append_examples(dataset, &new_examples(first, count))
             .await
             .unwrap();
-        self.example_ids(dataset).await.split_off(before)
+        crate::testing::example_ids(&self.db, dataset)
+            .await
+            .split_off(before)
     }
 
     async fn create_experiment(

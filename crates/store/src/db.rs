@@ -122,12 +122,18 @@ fn pool_options<DB: sqlx::Database>(config: &StoreConfig) -> PoolOptions<DB> {
         .acquire_timeout(config.acquire_timeout)
 }
 
-fn limits(config: &StoreConfig) -> BatchLimits {
+fn limits(config: &StoreConfig, kind: DatabaseKind) -> BatchLimits {
     BatchLimits {
         size: config.batch_size,
         window: config.batch_window,
         queue: config.batch_queue,
-        writers: config.batch_writers,
+        // SQLite serialises writers; a second one would wait on the lock
+        // with SQLite's sleeping busy handler (measured: a third of the
+        // throughput).
+        writers: match kind {
+            DatabaseKind::Sqlite => 1,
+            DatabaseKind::Postgres => config.batch_writers,
+        },
     }
 }
 
@@ -167,13 +173,14 @@ impl Db {
                 let core = SqlCore::new(pool);
                 core.prepare(config.auto_migrate).await?;
                 Ok(Self {
-                    inner: Inner::Sqlite(core.into_store(limits(config))),
+                    inner: Inner::Sqlite(core.into_store(limits(config, DatabaseKind::Sqlite))),
                     sqlite_file: file,
                 })
             }
             Some(DatabaseKind::Postgres) => {
                 let options = PgConnectOptions::from_str(&config.url)
-                    .map_err(|e| config_error(e, &config.url))?;
+                    .map_err(|e| config_error(e, &config.url))?
+                    .application_name("runnel");
                 let pool = pool_options::<Postgres>(config)
                     .connect_with(options)
                     .await
@@ -186,7 +193,7 @@ impl Db {
                 let core = SqlCore::new(pool);
                 core.prepare(config.auto_migrate).await?;
                 Ok(Self {
-                    inner: Inner::Postgres(core.into_store(limits(config))),
+                    inner: Inner::Postgres(core.into_store(limits(config, DatabaseKind::Postgres))),
                     sqlite_file: None,
                 })
             }

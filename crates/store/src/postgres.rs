@@ -8,7 +8,8 @@ use sqlx::Postgres;
 use sqlx::migrate::Migrator;
 
 use crate::backend::{
-    Backend, Sql, annotation_upsert, dataset_view, fence, result_view, run_upsert,
+    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, dataset_view, fence, result_view,
+    run_rows, run_upsert,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -142,33 +143,54 @@ static SQL: Sql = Sql {
 
     // FOR SHARE: a write waits for a concurrent change of ownership to commit
     // and is then re-checked against the new row, so no write from an old
-    // epoch can commit after a takeover or resume did.
-    record_run: concat!(
-        run_upsert!(insert),
-        "SELECT x.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, x.epoch,
-                now() - $9 * interval '1 millisecond', now()
-         FROM experiments x
-         WHERE ", fence!("$1", "$12", "$13"), "
-         FOR SHARE",
-        run_upsert!(update),
-        "WHERE NOT runs.succeeded
-         RETURNING id"
-    ),
+    // epoch can commit after a takeover or resume did. Rows are written in
+    // identity order, the order every group uses, so two batch writers never
+    // wait on each other in a cycle.
+    record_runs: MultiRow {
+        head: run_rows!(),
+        casts: &[
+            "::uuid", "::bigint", "::bigint", "::boolean", "::text", "::text", "::bigint",
+            "::bigint", "::bigint", "::bigint", "::bigint", "::bigint", "::text",
+        ],
+        tail: concat!(
+            ") ",
+            run_upsert!(insert),
+            run_upsert!(select),
+            "now() - v.total_latency_ms * interval '1 millisecond', now()
+             FROM v JOIN experiments x ON x.id = v.experiment_id
+             WHERE ", fence!("v.experiment_id", "v.epoch", "v.replica"), "
+             ORDER BY v.experiment_id, v.example_id, v.repetition
+             FOR SHARE OF x",
+            run_upsert!(update),
+            "WHERE NOT runs.succeeded
+             RETURNING experiment_id, example_id, repetition, id"
+        ),
+    },
     run_diagnosis: concat!(
         "SELECT EXISTS (SELECT 1 FROM experiments x WHERE ", fence!("$1", "$4", "$5"), "),
                 (SELECT id FROM runs
                  WHERE experiment_id = $1 AND example_id = $2 AND repetition = $3 AND succeeded)"
     ),
-    record_annotation: concat!(
-        annotation_upsert!(insert),
-        "SELECT x.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, x.epoch, now()
-         FROM experiments x
-         WHERE ", fence!("$1", "$13", "$14"), "
-         FOR SHARE",
-        annotation_upsert!(update),
-        "WHERE NOT annotations.succeeded
-         RETURNING id"
-    ),
+    record_annotations: MultiRow {
+        head: annotation_rows!(),
+        casts: &[
+            "::uuid", "::bigint", "::bigint", "::boolean", "::text", "::float8", "::text",
+            "::text", "::bigint", "::bigint", "::bigint", "::bigint", "::bigint", "::text",
+        ],
+        tail: concat!(
+            ") ",
+            annotation_upsert!(insert),
+            annotation_upsert!(select),
+            "now()
+             FROM v JOIN experiments x ON x.id = v.experiment_id
+             WHERE ", fence!("v.experiment_id", "v.epoch", "v.replica"), "
+             ORDER BY v.run_id, v.evaluator_id
+             FOR SHARE OF x",
+            annotation_upsert!(update),
+            "WHERE NOT annotations.succeeded
+             RETURNING run_id, evaluator_id"
+        ),
+    },
     annotation_diagnosis: concat!(
         "SELECT EXISTS (SELECT 1 FROM experiments x WHERE ", fence!("$1", "$4", "$5"), "),
                 (SELECT id FROM annotations

@@ -7,7 +7,8 @@ use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
 
 use crate::backend::{
-    Backend, Sql, annotation_upsert, dataset_view, fence, result_view, run_upsert,
+    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, dataset_view, fence, result_view,
+    run_rows, run_upsert,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -113,30 +114,42 @@ static SQL: Sql = Sql {
     outputs_by_id: "SELECT id, output FROM runs WHERE id IN (",
     after_import: None,
 
-    record_run: concat!(
-        run_upsert!(insert),
-        "SELECT x.id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, x.epoch,
-                strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') - ?9 / 86400000.0), ", now!(), "
-         FROM experiments x
-         WHERE ", fence!("?1", "?12", "?13"),
-        run_upsert!(update),
-        "WHERE runs.succeeded = 0
-         RETURNING id"
-    ),
+    record_runs: MultiRow {
+        head: run_rows!(),
+        casts: &[""; 13],
+        tail: concat!(
+            ") ",
+            run_upsert!(insert),
+            run_upsert!(select),
+            "strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') - v.total_latency_ms / 86400000.0),
+                    ", now!(), "
+             FROM v JOIN experiments x ON x.id = v.experiment_id
+             WHERE ", fence!("v.experiment_id", "v.epoch", "v.replica"),
+            run_upsert!(update),
+            "WHERE runs.succeeded = 0
+             RETURNING experiment_id, example_id, repetition, id"
+        ),
+    },
     run_diagnosis: concat!(
         "SELECT EXISTS (SELECT 1 FROM experiments x WHERE ", fence!("?1", "?4", "?5"), "),
                 (SELECT id FROM runs
                  WHERE experiment_id = ?1 AND example_id = ?2 AND repetition = ?3 AND succeeded = 1)"
     ),
-    record_annotation: concat!(
-        annotation_upsert!(insert),
-        "SELECT x.id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, x.epoch, ", now!(), "
-         FROM experiments x
-         WHERE ", fence!("?1", "?13", "?14"),
-        annotation_upsert!(update),
-        "WHERE annotations.succeeded = 0
-         RETURNING id"
-    ),
+    record_annotations: MultiRow {
+        head: annotation_rows!(),
+        casts: &[""; 14],
+        tail: concat!(
+            ") ",
+            annotation_upsert!(insert),
+            annotation_upsert!(select),
+            "", now!(), "
+             FROM v JOIN experiments x ON x.id = v.experiment_id
+             WHERE ", fence!("v.experiment_id", "v.epoch", "v.replica"),
+            annotation_upsert!(update),
+            "WHERE annotations.succeeded = 0
+             RETURNING run_id, evaluator_id"
+        ),
+    },
     annotation_diagnosis: concat!(
         "SELECT EXISTS (SELECT 1 FROM experiments x WHERE ", fence!("?1", "?4", "?5"), "),
                 (SELECT id FROM annotations

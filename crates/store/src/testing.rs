@@ -136,6 +136,24 @@ impl TempDatabase {
     }
 }
 
+/// Every example id of a dataset, in order (panics on a store error).
+pub async fn example_ids(
+    db: &crate::Db,
+    dataset: runnel_core::DatasetId,
+) -> Vec<runnel_core::ExampleId> {
+    let mut ids = Vec::new();
+    loop {
+        let page = db
+            .examples_page(dataset, ids.last().copied(), crate::sql::MAX_PAGE)
+            .await
+            .unwrap_or_else(|e| panic!("reading the examples of {dataset}: {e}"));
+        if page.is_empty() {
+            return ids;
+        }
+        ids.extend(page.into_iter().map(|(id, _)| id));
+    }
+}
+
 /// Runs `test` with a new database of `kind`, and removes the database
 /// afterwards, also when the test panics (the panic is then passed on).
 pub async fn with_temp_db<F>(kind: DatabaseKind, test: F)

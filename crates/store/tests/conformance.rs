@@ -1,6 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The store conformance suite against SQLite (a temporary file) and
 //! PostgreSQL (a fresh database per case; needs `RUNNEL_TEST_POSTGRES_URL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod sqlite {
     runnel_store::conformance_tests!(runnel_store::conformance::DbHarness::sqlite());

@@ -10,6 +10,9 @@
 
 mod api;
 
+#[cfg(feature = "conformance")]
+pub(crate) use api::MAX_PAGE;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,9 +69,19 @@ pub(crate) enum WriteOp {
 }
 
 impl WriteOp {
-    fn claim(&self) -> &Claim {
+    /// The order in which a group's writes are made: by experiment, then by
+    /// row identity. One total order for every group means two groups
+    /// committed at once (several PostgreSQL batch writers) take their locks
+    /// in the same order and cannot deadlock.
+    fn order(&self) -> (ExperimentId, u8, i64, i64) {
         match self {
-            WriteOp::Run(claim, _) | WriteOp::Annotation(claim, _) => claim,
+            WriteOp::Run(claim, r) => (
+                claim.experiment,
+                0,
+                r.key.example.0,
+                i64::from(r.key.repetition),
+            ),
+            WriteOp::Annotation(claim, a) => (claim.experiment, 1, a.key.run.0, a.key.evaluator.0),
         }
     }
 }
@@ -124,6 +137,29 @@ struct Diagnosis {
     status: ExperimentStatus,
     claimed_by: Option<String>,
     cooldown_left: Option<Duration>,
+}
+
+/// Splits `sorted` (indexes into `ops`, sorted by [`WriteOp::order`]) into
+/// rounds of distinct row identities: the k-th write to an identity goes to
+/// round k, so writes to one row keep their order.
+fn rounds(ops: &[WriteOp], sorted: &[usize]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut previous = None;
+    let mut repeat = 0;
+    for &i in sorted {
+        let identity = ops[i].order();
+        repeat = if previous == Some(identity) {
+            repeat + 1
+        } else {
+            0
+        };
+        previous = Some(identity);
+        if rounds.len() <= repeat {
+            rounds.push(Vec::new());
+        }
+        rounds[repeat].push(i);
+    }
+    rounds
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -334,9 +370,10 @@ where
             status: parse_status(&status)?,
             claimed_by: Self::get(&row, 1)?,
             cooldown_left: left_ms.filter(|m| m.is_finite() && *m > 0.0).map(|m| {
-                // Rounded up to the millisecond, so that waiting `remaining`
-                // is always enough.
-                Duration::from_millis(m.ceil().min(1.0e12) as u64)
+                // To the millisecond (the precision of SQLite's clock text;
+                // the float arithmetic may leave a hair above it), and at
+                // least one.
+                Duration::from_millis(m.round().clamp(1.0, 1.0e12) as u64)
             }),
         }))
     }
@@ -748,34 +785,38 @@ where
 
     // ----- fenced writes ----------------------------------------------------
 
-    /// Commits `ops` in one transaction, in experiment order (PostgreSQL
-    /// takes a share lock per experiment row; one order everywhere means no
-    /// deadlock), and returns the verdicts in the order of `ops`.
+    /// Commits `ops` in one transaction and returns the verdicts in the
+    /// order of `ops`. Runs are written before annotations (an annotation
+    /// may judge a run of the same group), each kind in as few multi-row
+    /// statements as the rows allow: one, unless a row identity repeats, in
+    /// which case its later writes go to later statements, in order.
     async fn write_group(&self, ops: &[WriteOp]) -> Result<Vec<WriteVerdict>, StoreError> {
         let mut order: Vec<usize> = (0..ops.len()).collect();
-        order.sort_by_key(|&i| ops[i].claim().experiment);
+        order.sort_by_key(|&i| ops[i].order());
+        let (runs, annotations): (Vec<usize>, Vec<usize>) = order
+            .into_iter()
+            .partition(|&i| matches!(ops[i], WriteOp::Run(..)));
+        let mut verdicts: Vec<Option<WriteVerdict>> = vec![None; ops.len()];
         let mut tx = self.begin_write().await?;
-        let mut verdicts = vec![None; ops.len()];
-        for i in order {
-            let verdict = match &ops[i] {
-                WriteOp::Run(claim, record) => {
-                    WriteVerdict::Run(Self::write_run(&mut tx, claim, record).await?)
-                }
-                WriteOp::Annotation(claim, record) => {
-                    WriteVerdict::Annotation(Self::write_annotation(&mut tx, claim, record).await?)
-                }
-            };
-            verdicts[i] = Some(verdict);
+        for round in rounds(ops, &runs) {
+            Self::write_runs(&mut tx, ops, &round, &mut verdicts).await?;
+        }
+        for round in rounds(ops, &annotations) {
+            Self::write_annotations(&mut tx, ops, &round, &mut verdicts).await?;
         }
         tx.commit().await.map_err(Self::err)?;
-        let verdicts: Vec<WriteVerdict> = verdicts.into_iter().flatten().collect();
+        let verdicts = verdicts
+            .into_iter()
+            .collect::<Option<Vec<WriteVerdict>>>()
+            .ok_or_else(|| StoreError::Database("a write of the group got no verdict".into()))?;
         let fenced = verdicts.iter().filter(|v| v.is_fenced()).count();
         self.fenced.fetch_add(fenced as u64, Ordering::Relaxed);
         Ok(verdicts)
     }
 
-    /// The verdict when an upsert returned no row: the fence failed, or a
-    /// success is already stored (which a write never replaces).
+    /// The verdict when an upsert returned no row for a write: the fence
+    /// failed, or a success is already stored (which a write never
+    /// replaces).
     fn no_row_verdict(row: &DB::Row, what: &str) -> Result<Option<i64>, StoreError> {
         let fence_holds: bool = Self::get(row, 0)?;
         let existing: Option<i64> = Self::get(row, 1)?;
@@ -788,92 +829,145 @@ where
         }
     }
 
-    async fn write_run(
+    /// Writes the runs `round` (indexes into `ops`, distinct identities) in
+    /// one statement, and sets their verdicts.
+    async fn write_runs(
         tx: &mut Transaction<'static, DB>,
-        claim: &Claim,
-        record: &RunRecord,
-    ) -> Result<Write<RunWrite>, StoreError> {
-        let success = record.error.is_none();
-        let row = Self::q(DB::sql().record_run)
-            .bind(claim.experiment.0)
-            .bind(record.key.example.0)
-            .bind(i64::from(record.key.repetition))
-            .bind(success)
-            .bind(record.output.clone())
-            .bind(record.error.clone())
-            .bind(i64::from(record.attempts))
-            .bind(to_i64(record.latency_ms))
-            .bind(to_i64(record.total_latency_ms))
-            .bind(record.usage.map(|u| to_i64(u.prompt_tokens)))
-            .bind(record.usage.map(|u| to_i64(u.completion_tokens)))
-            .bind(claim.epoch.0)
-            .bind(claim.replica.as_str().to_owned())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(Self::err)?;
-        if let Some(row) = row {
-            return Ok(Write::Accepted(RunWrite {
-                id: RunId(Self::get(&row, 0)?),
-                new_success: success,
-            }));
+        ops: &[WriteOp],
+        round: &[usize],
+        verdicts: &mut [Option<WriteVerdict>],
+    ) -> Result<(), StoreError> {
+        let sql = DB::sql().record_runs.sql(round.len(), DB::placeholder);
+        // Built from placeholders only; every value is bound.
+        let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
+        for &i in round {
+            let WriteOp::Run(claim, r) = &ops[i] else {
+                continue;
+            };
+            query = query
+                .bind(claim.experiment.0)
+                .bind(r.key.example.0)
+                .bind(i64::from(r.key.repetition))
+                .bind(r.error.is_none())
+                .bind(r.output.clone())
+                .bind(r.error.clone())
+                .bind(i64::from(r.attempts))
+                .bind(to_i64(r.latency_ms))
+                .bind(to_i64(r.total_latency_ms))
+                .bind(r.usage.map(|u| to_i64(u.prompt_tokens)))
+                .bind(r.usage.map(|u| to_i64(u.completion_tokens)))
+                .bind(claim.epoch.0)
+                .bind(claim.replica.as_str().to_owned());
         }
-        let row = Self::q(DB::sql().run_diagnosis)
-            .bind(claim.experiment.0)
-            .bind(record.key.example.0)
-            .bind(i64::from(record.key.repetition))
-            .bind(claim.epoch.0)
-            .bind(claim.replica.as_str().to_owned())
-            .fetch_one(&mut **tx)
+        let written: HashMap<(Uuid, i64, i64), i64> = query
+            .fetch_all(&mut **tx)
             .await
-            .map_err(Self::err)?;
-        Ok(match Self::no_row_verdict(&row, "run")? {
-            None => Write::Fenced,
-            Some(id) => Write::Accepted(RunWrite {
-                id: RunId(id),
-                new_success: false,
-            }),
-        })
+            .map_err(Self::err)?
+            .iter()
+            .map(|row| {
+                let key = (Self::get(row, 0)?, Self::get(row, 1)?, Self::get(row, 2)?);
+                Ok((key, Self::get(row, 3)?))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for &i in round {
+            let WriteOp::Run(claim, r) = &ops[i] else {
+                continue;
+            };
+            let (example, repetition) = (r.key.example.0, i64::from(r.key.repetition));
+            let verdict = match written.get(&(claim.experiment.0, example, repetition)) {
+                Some(&id) => Write::Accepted(RunWrite {
+                    id: RunId(id),
+                    new_success: r.error.is_none(),
+                }),
+                None => {
+                    let row = Self::q(DB::sql().run_diagnosis)
+                        .bind(claim.experiment.0)
+                        .bind(example)
+                        .bind(repetition)
+                        .bind(claim.epoch.0)
+                        .bind(claim.replica.as_str().to_owned())
+                        .fetch_one(&mut **tx)
+                        .await
+                        .map_err(Self::err)?;
+                    match Self::no_row_verdict(&row, "run")? {
+                        None => Write::Fenced,
+                        Some(id) => Write::Accepted(RunWrite {
+                            id: RunId(id),
+                            new_success: false,
+                        }),
+                    }
+                }
+            };
+            verdicts[i] = Some(WriteVerdict::Run(verdict));
+        }
+        Ok(())
     }
 
-    async fn write_annotation(
+    /// Writes the annotations `round` (distinct identities) in one
+    /// statement, and sets their verdicts.
+    async fn write_annotations(
         tx: &mut Transaction<'static, DB>,
-        claim: &Claim,
-        record: &AnnotationRecord,
-    ) -> Result<Write<()>, StoreError> {
-        let row = Self::q(DB::sql().record_annotation)
-            .bind(claim.experiment.0)
-            .bind(record.key.run.0)
-            .bind(record.key.evaluator.0)
-            .bind(record.error.is_none())
-            .bind(record.label.clone())
-            .bind(record.score.filter(|s| s.is_finite()))
-            .bind(record.explanation.clone())
-            .bind(record.error.clone())
-            .bind(i64::from(record.attempts))
-            .bind(to_i64(record.latency_ms))
-            .bind(record.usage.map(|u| to_i64(u.prompt_tokens)))
-            .bind(record.usage.map(|u| to_i64(u.completion_tokens)))
-            .bind(claim.epoch.0)
-            .bind(claim.replica.as_str().to_owned())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(Self::err)?;
-        if row.is_some() {
-            return Ok(Write::Accepted(()));
+        ops: &[WriteOp],
+        round: &[usize],
+        verdicts: &mut [Option<WriteVerdict>],
+    ) -> Result<(), StoreError> {
+        let sql = DB::sql()
+            .record_annotations
+            .sql(round.len(), DB::placeholder);
+        // Built from placeholders only; every value is bound.
+        let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
+        for &i in round {
+            let WriteOp::Annotation(claim, a) = &ops[i] else {
+                continue;
+            };
+            query = query
+                .bind(claim.experiment.0)
+                .bind(a.key.run.0)
+                .bind(a.key.evaluator.0)
+                .bind(a.error.is_none())
+                .bind(a.label.clone())
+                .bind(a.score.filter(|s| s.is_finite()))
+                .bind(a.explanation.clone())
+                .bind(a.error.clone())
+                .bind(i64::from(a.attempts))
+                .bind(to_i64(a.latency_ms))
+                .bind(a.usage.map(|u| to_i64(u.prompt_tokens)))
+                .bind(a.usage.map(|u| to_i64(u.completion_tokens)))
+                .bind(claim.epoch.0)
+                .bind(claim.replica.as_str().to_owned());
         }
-        let row = Self::q(DB::sql().annotation_diagnosis)
-            .bind(claim.experiment.0)
-            .bind(record.key.run.0)
-            .bind(record.key.evaluator.0)
-            .bind(claim.epoch.0)
-            .bind(claim.replica.as_str().to_owned())
-            .fetch_one(&mut **tx)
+        let written: HashSet<(i64, i64)> = query
+            .fetch_all(&mut **tx)
             .await
-            .map_err(Self::err)?;
-        Ok(match Self::no_row_verdict(&row, "annotation")? {
-            None => Write::Fenced,
-            Some(_) => Write::Accepted(()),
-        })
+            .map_err(Self::err)?
+            .iter()
+            .map(|row| Ok((Self::get(row, 0)?, Self::get(row, 1)?)))
+            .collect::<Result<_, StoreError>>()?;
+        for &i in round {
+            let WriteOp::Annotation(claim, a) = &ops[i] else {
+                continue;
+            };
+            let (run, evaluator) = (a.key.run.0, a.key.evaluator.0);
+            let verdict = if written.contains(&(run, evaluator)) {
+                Write::Accepted(())
+            } else {
+                let row = Self::q(DB::sql().annotation_diagnosis)
+                    .bind(claim.experiment.0)
+                    .bind(run)
+                    .bind(evaluator)
+                    .bind(claim.epoch.0)
+                    .bind(claim.replica.as_str().to_owned())
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(Self::err)?;
+                match Self::no_row_verdict(&row, "annotation")? {
+                    None => Write::Fenced,
+                    Some(_) => Write::Accepted(()),
+                }
+            };
+            verdicts[i] = Some(WriteVerdict::Annotation(verdict));
+        }
+        Ok(())
     }
 
     pub(crate) async fn log(
@@ -935,4 +1029,41 @@ impl<DB: sqlx::Database> SqlStore<DB> {
 
 fn mismatch() -> StoreError {
     StoreError::Database("the batch writer answered a different kind of write".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_core::{ExampleId, ExperimentId, ReplicaId};
+
+    use super::*;
+
+    fn run(experiment: u128, example: i64) -> WriteOp {
+        let claim = Claim {
+            experiment: ExperimentId(Uuid::from_u128(experiment)),
+            replica: ReplicaId::new("r"),
+            epoch: Epoch(1),
+        };
+        let record = RunRecord {
+            key: TaskKey {
+                example: ExampleId(example),
+                repetition: 0,
+            },
+            output: None,
+            error: None,
+            attempts: 1,
+            latency_ms: 0,
+            total_latency_ms: 0,
+            usage: None,
+        };
+        WriteOp::Run(claim, record)
+    }
+
+    #[test]
+    fn repeated_identities_go_to_later_rounds_in_order() {
+        let ops = vec![run(1, 5), run(1, 7), run(1, 5), run(2, 1), run(1, 5)];
+        let mut sorted: Vec<usize> = (0..ops.len()).collect();
+        sorted.sort_by_key(|&i| ops[i].order());
+        assert_eq!(rounds(&ops, &sorted), vec![vec![0, 1, 3], vec![2], vec![4]]);
+        assert!(rounds(&ops, &[]).is_empty());
+    }
 }

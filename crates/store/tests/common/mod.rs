@@ -82,17 +82,7 @@ pub(crate) async fn seed(
     evaluators: &[&str],
 ) -> (ExperimentId, Vec<ExampleId>) {
     let dataset = db.create_dataset("seed", &examples(0, n)).await.unwrap();
-    let mut ids = Vec::new();
-    loop {
-        let page = db
-            .examples_page(dataset.id, ids.last().copied(), 1000)
-            .await
-            .unwrap();
-        if page.is_empty() {
-            break;
-        }
-        ids.extend(page.into_iter().map(|(id, _)| id));
-    }
+    let ids = runnel_store::testing::example_ids(db, dataset.id).await;
     let x = db
         .create_experiment(&experiment(dataset.id, repetitions, evaluators))
         .await
