@@ -481,7 +481,7 @@ impl Store for MemoryStore {
                 }
                 let needed = match inner.runs.get(&(claim.experiment, key)) {
                     None => true,
-                    Some(run) => run.record.output.is_none() && run.epoch != claim.epoch,
+                    Some(run) => run.record.error.is_some() && run.epoch != claim.epoch,
                 };
                 if needed {
                     page.push(TaskWork {
@@ -517,7 +517,7 @@ impl Store for MemoryStore {
         let mut runs: Vec<&StoredRun> = inner
             .runs
             .iter()
-            .filter(|((e, _), r)| *e == claim.experiment && r.record.output.is_some())
+            .filter(|((e, _), r)| *e == claim.experiment && r.record.error.is_none())
             .map(|(_, r)| r)
             .collect();
         runs.sort_by_key(|r| r.id);
@@ -567,11 +567,11 @@ impl Store for MemoryStore {
             .accepted_writes
             .entry((claim.experiment, WorkKey::Task(record.key)))
             .or_default() += 1;
-        let success = record.output.is_some();
+        let success = record.error.is_none();
         match inner
             .runs
             .get(&key)
-            .map(|r| (r.id, r.record.output.is_some()))
+            .map(|r| (r.id, r.record.error.is_none()))
         {
             Some((id, true)) => Ok(Write::Accepted(RunWrite {
                 id,

@@ -97,7 +97,8 @@ pub enum Finish {
     Error(String),
 }
 
-/// The result of one task run, as written to the store.
+/// The result of one task run, as written to the store. It is a success
+/// exactly when `error` is `None` (then `output` holds the answer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Example × repetition.
@@ -116,7 +117,8 @@ pub struct RunRecord {
     pub usage: Option<Usage>,
 }
 
-/// The result of one annotation, as written to the store.
+/// The result of one annotation, as written to the store. It is a success
+/// exactly when `error` is `None`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnnotationRecord {
     /// Run × evaluator.
