@@ -4,8 +4,10 @@
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
 //! - `cargo xtask bench [NAME…] [--quick] [--json]`: runs benchmarks (release
-//!   build). Crate benchmarks: `core`, `advisor`, `call_overhead`, `sim`.
+//!   build). Crate benchmarks: `core`, `advisor`, `call_overhead`, `sim`, `store`
+//!   (the store's needs PostgreSQL, which it starts like `test` does).
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
+//! - `cargo xtask migrate [--database-url URL]`: applies the embedded migrations.
 
 mod postgres;
 
@@ -35,6 +37,12 @@ enum Cmd {
     },
     /// Serve the simulated LLM provider (Ctrl-C stops it).
     Sim(Box<runnel_sim::Args>),
+    /// Apply the database migrations embedded in runnel (SQLite or PostgreSQL).
+    Migrate {
+        /// The database (default sqlite://runnel.db).
+        #[arg(long, value_name = "URL", default_value = "sqlite://runnel.db")]
+        database_url: String,
+    },
     /// Run benchmarks in release mode and print their figures.
     Bench {
         /// Which benchmarks (default: all).
@@ -54,6 +62,7 @@ const CRATE_BENCHES: &[(&str, &str, &str)] = &[
     ("advisor", "runnel-advisor", "advisor"),
     ("call_overhead", "runnel-providers", "call_overhead"),
     ("sim", "runnel-sim", "throughput"),
+    ("store", "runnel-store", "store"),
 ];
 
 fn main() -> Result<()> {
@@ -61,7 +70,23 @@ fn main() -> Result<()> {
         Cmd::Test { full, args } => test(full, &args),
         Cmd::Bench { names, quick, json } => bench(&names, quick, json),
         Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
+        Cmd::Migrate { database_url } => migrate(&database_url),
     }
+}
+
+/// `cargo xtask migrate`: applies the embedded migrations.
+fn migrate(url: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let version = runtime
+        .block_on(runnel_store::migrate(url))
+        .with_context(|| format!("migrating {}", runnel_store::redact_url(url)))?;
+    println!(
+        "{} is at migration {version}",
+        runnel_store::redact_url(url)
+    );
+    Ok(())
 }
 
 fn bench(names: &[String], quick: bool, json: bool) -> Result<()> {
@@ -77,6 +102,9 @@ fn bench(names: &[String], quick: bool, json: bool) -> Result<()> {
         }
         let mut cmd = Command::new(cargo());
         cmd.args(["bench", "--quiet", "-p", package, "--bench", target, "--"]);
+        if *name == "store" {
+            cmd.env("RUNNEL_TEST_POSTGRES_URL", postgres::ensure_running()?);
+        }
         if quick {
             cmd.arg("--quick");
         }
