@@ -33,6 +33,11 @@ use runnel_core::{
     Reply, RunId, RunWrite, TaskKey, TaskWork, Write,
 };
 
+// The server binary uses mimalloc too: with glibc's malloc, jobs allocated on
+// one worker thread and freed on another contend on its arena locks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct TokioClock;
 
 impl Clock for TokioClock {

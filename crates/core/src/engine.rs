@@ -200,7 +200,7 @@ enum Event {
         result: Result<Vec<EvalWork>, Error>,
     },
     CallDone {
-        job: Job,
+        job: Box<Job>,
         report: CallReport,
     },
     RunWritten {
@@ -258,6 +258,8 @@ pub struct Engine<S, P, A, C, E> {
     shutdown: Option<Shutdown>,
     startup_done: bool,
     started: watch::Sender<bool>,
+    /// Result writes requested this turn, spawned together.
+    writes: Vec<futures::future::BoxFuture<'static, ()>>,
 }
 
 struct Shutdown {
@@ -311,6 +313,7 @@ where
             shutdown: None,
             startup_done: false,
             started,
+            writes: Vec::new(),
         };
         (engine, handle)
     }
@@ -573,7 +576,7 @@ where
                     task: job.is_task(),
                 });
                 self.scheduler
-                    .handle_call_finished(job, report, now, &*self.ports.advisor);
+                    .handle_call_finished(*job, report, now, &*self.ports.advisor);
             }
             Event::RunWritten {
                 claim,
@@ -763,7 +766,10 @@ where
                     ),
                 };
                 tracing::Span::current().record("outcome", report.outcome.class().as_str());
-                let _ = tx.send(Event::CallDone { job, report });
+                let _ = tx.send(Event::CallDone {
+                    job: Box::new(job),
+                    report,
+                });
             }
             .instrument(span),
         );
@@ -791,6 +797,14 @@ where
     fn perform_actions(&mut self) {
         while let Some(action) = self.scheduler.poll_action() {
             self.perform(action);
+        }
+        // The result writes of one turn run together in one task: each still
+        // runs to completion (none is ever cancelled half-way), the store's
+        // batcher sees them at once, and the engine spawns one task per turn
+        // rather than one per result.
+        if !self.writes.is_empty() {
+            let writes = std::mem::take(&mut self.writes);
+            tokio::spawn(futures::future::join_all(writes));
         }
     }
 
@@ -822,7 +836,7 @@ where
                 let key = record.key;
                 let record = Arc::new(record);
                 let retry = self.write_retry();
-                tokio::spawn(async move {
+                self.writes.push(Box::pin(async move {
                     let result = retry
                         .run(|| store.record_run(&claim, (*record).clone()))
                         .await
@@ -833,7 +847,7 @@ where
                         result,
                         record,
                     });
-                });
+                }));
             }
             Action::WriteAnnotation {
                 claim,
@@ -843,7 +857,7 @@ where
                 let key = record.key;
                 let record = Arc::new(record);
                 let retry = self.write_retry();
-                tokio::spawn(async move {
+                self.writes.push(Box::pin(async move {
                     let result = retry
                         .run(|| store.record_annotation(&claim, (*record).clone()))
                         .await
@@ -855,7 +869,7 @@ where
                         evaluator,
                         record,
                     });
-                });
+                }));
             }
             Action::Log {
                 experiment,

@@ -25,6 +25,8 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+
+use crate::fasthash::{FastMap, FastSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,8 +230,8 @@ pub(crate) struct ExperimentState {
     retries: BinaryHeap<Retry>,
     tasks: VecDeque<TaskWork>,
     /// Work identities in flight, waiting for a retry, or being written.
-    busy: HashSet<WorkKey>,
-    pending_tasks: HashMap<TaskKey, PendingTask>,
+    busy: FastSet<WorkKey>,
+    pending_tasks: FastMap<TaskKey, PendingTask>,
     in_flight: usize,
     writing: usize,
     task_sweep: Sweep<TaskKey>,
@@ -289,8 +291,8 @@ impl ExperimentState {
             evals: VecDeque::new(),
             retries: BinaryHeap::new(),
             tasks: VecDeque::new(),
-            busy: HashSet::new(),
-            pending_tasks: HashMap::new(),
+            busy: FastSet::default(),
+            pending_tasks: FastMap::default(),
             in_flight: 0,
             writing: 0,
             task_sweep: Sweep::new(),
@@ -1031,7 +1033,7 @@ impl ExperimentState {
     /// Every work identity currently in flight, waiting to retry, or being
     /// written (for property tests).
     #[cfg(test)]
-    pub(crate) fn busy(&self) -> &HashSet<WorkKey> {
+    pub(crate) fn busy(&self) -> &FastSet<WorkKey> {
         &self.busy
     }
 

@@ -27,6 +27,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 mod experiment;
+mod fasthash;
 pub mod ids;
 pub mod memory;
 pub mod outcome;

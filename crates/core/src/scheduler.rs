@@ -16,6 +16,8 @@
 //! than one, and a throttled experiment never holds a slot or delays another.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::fasthash::FastMap;
 use std::time::Instant;
 
 use crate::config::Config;
@@ -46,7 +48,7 @@ pub enum InsertError {
 #[derive(Debug)]
 pub struct Scheduler {
     config: Config,
-    experiments: HashMap<ExperimentId, ExperimentState>,
+    experiments: FastMap<ExperimentId, ExperimentState>,
     /// Least-recently-served order: smaller keys are served first.
     order: BTreeMap<u64, ExperimentId>,
     next_back: u64,
@@ -65,7 +67,7 @@ impl Scheduler {
         const MIDDLE: u64 = u64::MAX / 2;
         Self {
             config,
-            experiments: HashMap::new(),
+            experiments: FastMap::default(),
             order: BTreeMap::new(),
             next_back: MIDDLE,
             next_front: MIDDLE - 1,
@@ -376,7 +378,7 @@ impl Scheduler {
     /// The experiment a result belongs to, if it is still in the session
     /// that requested it (same epoch).
     fn current<'a>(
-        experiments: &'a mut HashMap<ExperimentId, ExperimentState>,
+        experiments: &'a mut FastMap<ExperimentId, ExperimentState>,
         claim: &Claim,
     ) -> Option<&'a mut ExperimentState> {
         experiments
