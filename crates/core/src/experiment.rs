@@ -157,13 +157,39 @@ struct Sweep<C> {
     fetching: Option<usize>,
 }
 
-impl<C> Sweep<C> {
+impl<C: Copy> Sweep<C> {
     fn new() -> Self {
         Self {
             cursor: None,
             exhausted: false,
             fetching: None,
         }
+    }
+
+    /// A page asked for by this sweep arrived: ends the fetch, moves the
+    /// cursor past the page, and marks the sweep exhausted when the page is
+    /// shorter than asked. `Ok(None)`: nothing was being fetched, or the
+    /// experiment no longer runs — the page is dropped.
+    fn receive<T>(
+        &mut self,
+        running: bool,
+        page: Result<Vec<T>, crate::Error>,
+        key: impl Fn(&T) -> C,
+    ) -> Result<Option<Vec<T>>, crate::Error> {
+        let Some(limit) = self.fetching.take() else {
+            return Ok(None);
+        };
+        if !running {
+            return Ok(None);
+        }
+        let items = page?;
+        if items.len() < limit {
+            self.exhausted = true;
+        }
+        if let Some(last) = items.last() {
+            self.cursor = Some(key(last));
+        }
+        Ok(Some(items))
     }
 }
 
@@ -789,21 +815,9 @@ impl ExperimentState {
         config: &Config,
         actions: &mut VecDeque<Action>,
     ) {
-        let Some(limit) = self.task_sweep.fetching.take() else {
-            return;
-        };
-        if !self.is_running() {
-            return;
-        }
-        match page {
-            Ok(items) => {
+        match self.task_sweep.receive(self.is_running(), page, |w| w.key) {
+            Ok(Some(items)) => {
                 self.fetch_failures = 0;
-                if items.len() < limit {
-                    self.task_sweep.exhausted = true;
-                }
-                if let Some(last) = items.last() {
-                    self.task_sweep.cursor = Some(last.key);
-                }
                 let busy = &self.busy;
                 self.tasks.extend(
                     items
@@ -811,6 +825,7 @@ impl ExperimentState {
                         .filter(|w| !busy.contains(&WorkKey::Task(w.key))),
                 );
             }
+            Ok(None) => {}
             Err(e) => self.fetch_failed(e, now, config, actions),
         }
     }
@@ -823,21 +838,9 @@ impl ExperimentState {
         config: &Config,
         actions: &mut VecDeque<Action>,
     ) {
-        let Some(limit) = self.eval_sweep.fetching.take() else {
-            return;
-        };
-        if !self.is_running() {
-            return;
-        }
-        match page {
-            Ok(items) => {
+        match self.eval_sweep.receive(self.is_running(), page, |w| w.key) {
+            Ok(Some(items)) => {
                 self.fetch_failures = 0;
-                if items.len() < limit {
-                    self.eval_sweep.exhausted = true;
-                }
-                if let Some(last) = items.last() {
-                    self.eval_sweep.cursor = Some(last.key);
-                }
                 for work in items {
                     if self.busy.contains(&WorkKey::Eval(work.key)) {
                         continue;
@@ -867,6 +870,7 @@ impl ExperimentState {
                     self.evals.push_back(job);
                 }
             }
+            Ok(None) => {}
             Err(e) => self.fetch_failed(e, now, config, actions),
         }
     }

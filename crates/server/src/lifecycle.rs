@@ -23,15 +23,8 @@ fn engine_gone(e: runnel_core::Error) -> ApiError {
 /// Starts a stopped experiment on this replica (no cooldown: used right
 /// after creation). Returns the status afterwards.
 pub async fn start(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
-    match state.db.start(id, &state.replica).await? {
-        Transition::Done(claim) => {
-            state.engine.adopt(claim).map_err(engine_gone)?;
-            Ok(ExperimentStatus::Running)
-        }
-        Transition::AlreadyInState(status) => Ok(status),
-        Transition::Cooldown { remaining } => Err(cooldown(remaining)),
-        Transition::NotFound => Err(not_found(id)),
-    }
+    let transition = state.db.start(id, &state.replica).await?;
+    adopt(state, id, transition)
 }
 
 /// Resumes an experiment (a user toggle, subject to the cooldown): it runs
@@ -39,7 +32,17 @@ pub async fn start(state: &AppState, id: ExperimentId) -> Result<ExperimentStatu
 /// completes at once when nothing is.
 pub async fn resume(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
     let cooldown_time = state.config.scheduler.cooldown;
-    match state.db.resume(id, &state.replica, cooldown_time).await? {
+    let transition = state.db.resume(id, &state.replica, cooldown_time).await?;
+    adopt(state, id, transition)
+}
+
+/// Hands a fresh claim to the local engine, or says why there is none.
+fn adopt(
+    state: &AppState,
+    id: ExperimentId,
+    transition: Transition<runnel_core::Claim>,
+) -> Result<ExperimentStatus, ApiError> {
+    match transition {
         Transition::Done(claim) => {
             state.engine.adopt(claim).map_err(engine_gone)?;
             Ok(ExperimentStatus::Running)
