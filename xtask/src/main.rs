@@ -7,6 +7,8 @@
 //!   build). Crate benchmarks: `core`, `advisor`, `call_overhead`, `sim`.
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
 
+#[allow(dead_code)] // used by the bench and chaos commands being built
+mod harness;
 mod postgres;
 
 use std::process::Command;

@@ -241,15 +241,11 @@ impl RunnelConfig {
                 }
             }
         }
-        figment = figment.merge(
-            Env::prefixed("RUNNEL_")
-                .split("__")
-                .filter(|key| {
-                    let key = key.as_str().to_ascii_lowercase();
-                    let section = key.split(['.', '_']).next().unwrap_or_default();
-                    SECTIONS.contains(&section)
-                }),
-        );
+        figment = figment.merge(Env::prefixed("RUNNEL_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            let section = key.split(['.', '_']).next().unwrap_or_default();
+            SECTIONS.contains(&section)
+        }));
         let mut cli = Map::new();
         let mut set = |section: &str, key: &str, value: Value| {
             let entry = cli
