@@ -439,7 +439,7 @@ impl Api {
             chunk.push_str(&e.to_string());
             chunk.push('\n');
             count += 1;
-            if count % 50_000 == 0 {
+            if count.is_multiple_of(50_000) {
                 let body = std::mem::take(&mut chunk);
                 id = Some(self.ndjson(name, id.as_deref(), body).await?);
             }
