@@ -115,6 +115,15 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Peak resident set size of a process since it started (`VmHWM`), in bytes
+/// (Linux).
+pub(crate) fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// The simulated provider as a child process (`runnel sim`).
 pub(crate) struct SimProcess {
     child: Child,
@@ -161,6 +170,30 @@ impl SimProcess {
             .await?
             .json()
             .await?)
+    }
+
+    /// `GET /stats`, typed.
+    pub(crate) async fn snapshot(&self) -> Result<runnel_sim::StatsSnapshot> {
+        let r = self
+            .client
+            .get(format!("{}/stats", self.url))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(r.json().await?)
+    }
+
+    /// Waits until no request is in flight at the simulator (the calls of a
+    /// killed client have been answered or dropped), at most `within`.
+    pub(crate) async fn settle(&self, within: Duration) -> Result<runnel_sim::StatsSnapshot> {
+        let until = Instant::now() + within;
+        loop {
+            let stats = self.snapshot().await?;
+            if stats.concurrency.current == 0 || Instant::now() > until {
+                return Ok(stats);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `POST /admin/config` with a partial config.
@@ -269,6 +302,16 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// Peak resident set size of the current process so far, in bytes.
+    pub(crate) fn peak_rss(&self) -> Option<u64> {
+        peak_rss_bytes(self.child.id())
+    }
+
+    /// The base URL of the API.
+    pub(crate) fn api(&self) -> Api {
+        Api::new(&self.url)
+    }
+
     /// kill -9.
     pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -338,6 +381,64 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `runnel.toml`, built key by key: `[section] key = value`, values
+/// written as JSON scalars (a JSON string or number is valid TOML).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServerToml {
+    sections: Vec<(String, Vec<(String, Value)>)>,
+}
+
+impl ServerToml {
+    /// A configuration on the database at `url`.
+    pub(crate) fn new(database_url: &str) -> Self {
+        Self::default().set("database", "url", database_url)
+    }
+
+    /// Sets `key` of `[section]` (a dotted section such as `providers.sim`
+    /// is a nested table).
+    pub(crate) fn set(mut self, section: &str, key: &str, value: impl Into<Value>) -> Self {
+        let value = value.into();
+        match self.sections.iter_mut().find(|(name, _)| name == section) {
+            Some((_, keys)) => match keys.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v = value,
+                None => keys.push((key.to_owned(), value)),
+            },
+            None => self
+                .sections
+                .push((section.to_owned(), vec![(key.to_owned(), value)])),
+        }
+        self
+    }
+
+    /// Adds `[providers.NAME]`: an OpenAI-compatible entry on the simulator
+    /// at `sim_url`, with `limits` (`rpm`, `initial_rps`, `unlimited`, …).
+    pub(crate) fn provider(mut self, name: &str, sim_url: &str, limits: &[(&str, Value)]) -> Self {
+        let section = format!("providers.{name}");
+        self = self.set(&section, "kind", "openai_compatible").set(
+            &section,
+            "base_url",
+            format!("{sim_url}/v1"),
+        );
+        for (key, value) in limits {
+            self = self.set(&section, key, value.clone());
+        }
+        self
+    }
+
+    /// The TOML text.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.sections {
+            out.push_str(&format!("[{section}]\n"));
+            for (key, value) in keys {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+            out.push('\n');
+        }
+        out
     }
 }
 
