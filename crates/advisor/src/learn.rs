@@ -488,7 +488,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = RateController::new(Learning::default(), 1.0, f64::INFINITY, t0);
         assert!(c.on_header_limit(600, t0));
-        assert!((c.rate() - 9.5).abs() < 1e-9);
+        assert!((c.rate() - 9.9).abs() < 1e-9);
         assert_eq!(c.source(), Source::Headers);
         let mut c = RateController::new(Learning::default(), 100.0, 2.0, t0);
         assert_eq!(c.rate(), 2.0);

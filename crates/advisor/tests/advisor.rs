@@ -221,9 +221,9 @@ fn headers_set_the_rate_and_remaining_zero_pauses_until_the_reset() {
     };
     advisor.record(&key, &reply(2999, ms(20)), t0 + ms(500));
     let m = advisor.key_metrics(&key, t0 + ms(500)).unwrap();
-    // 3000 RPM = 50/s, used at 95 %.
-    assert!((m.rate_rps.unwrap() - 47.5).abs() < 1e-9);
-    assert!((m.last_good_rps.unwrap() - 47.5).abs() < 1e-9);
+    // 3000 RPM = 50/s, used at 99 %.
+    assert!((m.rate_rps.unwrap() - 49.5).abs() < 1e-9);
+    assert!((m.last_good_rps.unwrap() - 49.5).abs() < 1e-9);
     advisor.record(&key, &reply(0, secs(12)), t0 + secs(1));
     assert_eq!(
         advisor.try_acquire(&key, None, t0 + secs(2)),
@@ -379,7 +379,7 @@ fn snapshots_restore_learned_rates_and_open_breakers() {
     assert_eq!(read, snapshot);
     let entry = &read.keys["oa|gpt"];
     assert_eq!(entry.learned_from, LearnedFrom::Headers);
-    assert!((entry.rate_rps.unwrap() - 9.5).abs() < 1e-9);
+    assert!((entry.rate_rps.unwrap() - 9.9).abs() < 1e-9);
     assert!(entry.token_rate_tps.unwrap() > 900.0);
     assert_eq!(
         read.keys["an|claude"].breaker,
@@ -394,7 +394,7 @@ fn snapshots_restore_learned_rates_and_open_breakers() {
     let t1 = t0 + secs(3600);
     restarted.restore(&read, t1).unwrap();
     let m = restarted.key_metrics(&learned, t1).unwrap();
-    assert!((m.rate_rps.unwrap() - 9.5).abs() < 1e-9);
+    assert!((m.rate_rps.unwrap() - 9.9).abs() < 1e-9);
     assert_eq!(
         restarted.try_acquire(&broken, None, t1),
         wait(
