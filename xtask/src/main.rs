@@ -108,7 +108,11 @@ fn bench(names: &[String], quick: bool, json: bool, runs: Option<usize>) -> Resu
         let mut cmd = Command::new(cargo());
         cmd.args(["bench", "--quiet", "-p", package, "--bench", target, "--"]);
         if quick {
-            cmd.arg("--quick");
+            // Benchmarks without a --quick flag of their own read these
+            // (the simulator's: runs and seconds per run).
+            cmd.arg("--quick")
+                .env("BENCH_RUNS", "1")
+                .env("BENCH_SECONDS", "1");
         }
         if json {
             cmd.arg("--json");
