@@ -179,6 +179,14 @@ pub(crate) fn run(specs: &[&'static Spec], options: &Options) -> Result<bool> {
         let url = crate::postgres::ensure_running()?;
         eprintln!("bench: PostgreSQL at {url}");
     }
+    let load = report::load_average()[0];
+    if load > 1.5 {
+        eprintln!(
+            "bench: the load average is {load:.2} on {} CPUs: other work is running, the \
+             figures will be noisy (wait for a quieter moment for figures to publish)",
+            std::thread::available_parallelism().map_or(0, usize::from)
+        );
+    }
     eprintln!("bench: building the release runnel");
     let bin = harness::build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
