@@ -3,10 +3,15 @@
 //! - `cargo xtask test [--full] [-- <cargo test args>]`: makes sure PostgreSQL
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
-//! - `cargo xtask bench [NAME…] [--quick] [--json]`: runs benchmarks (release
-//!   build). Crate benchmarks: `core`, `advisor`, `call_overhead`, `sim`.
+//! - `cargo xtask bench [NAME…] [--quick] [--json] [--runs N]`: runs benchmarks
+//!   (release build). Crate benchmarks: `core`, `advisor`, `call_overhead`,
+//!   `sim`; end-to-end scenarios `S1` … `S10` (see `bench/mod.rs` and
+//!   BENCHMARKS.md). No names: all of them.
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
 
+mod bench;
+#[allow(dead_code)] // parts are for the chaos command being built
+mod harness;
 mod postgres;
 
 use std::process::Command;
@@ -35,16 +40,22 @@ enum Cmd {
     },
     /// Serve the simulated LLM provider (Ctrl-C stops it).
     Sim(Box<runnel_sim::Args>),
-    /// Run benchmarks in release mode and print their figures.
+    /// Run benchmarks in release mode and print their figures: crate
+    /// benchmarks (core, advisor, call_overhead, sim) and end-to-end
+    /// scenarios (S1 … S10, each writing target/bench/<S>.json).
     Bench {
         /// Which benchmarks (default: all).
         names: Vec<String>,
-        /// Smaller sizes, for CI (checks that they run, not the figures).
+        /// Smaller sizes and one run per scenario, for CI (checks that they
+        /// run, not the figures).
         #[arg(long)]
         quick: bool,
         /// Also print machine-readable JSON.
         #[arg(long)]
         json: bool,
+        /// Runs per scenario (default 3, or 1 with --quick).
+        #[arg(long, value_name = "N")]
+        runs: Option<usize>,
     },
 }
 
@@ -59,26 +70,49 @@ const CRATE_BENCHES: &[(&str, &str, &str)] = &[
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { full, args } => test(full, &args),
-        Cmd::Bench { names, quick, json } => bench(&names, quick, json),
+        Cmd::Bench {
+            names,
+            quick,
+            json,
+            runs,
+        } => bench(&names, quick, json, runs),
         Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
     }
 }
 
-fn bench(names: &[String], quick: bool, json: bool) -> Result<()> {
+fn bench(names: &[String], quick: bool, json: bool, runs: Option<usize>) -> Result<()> {
+    let mut scenarios = Vec::new();
+    let mut crates = Vec::new();
     for name in names {
-        if !CRATE_BENCHES.iter().any(|(n, _, _)| n == name) {
-            let known: Vec<&str> = CRATE_BENCHES.iter().map(|(n, _, _)| *n).collect();
+        if let Some(spec) = bench::find(name) {
+            scenarios.push(spec);
+        } else if let Some(entry) = CRATE_BENCHES.iter().find(|(n, _, _)| n == name) {
+            crates.push(entry);
+        } else {
+            let known: Vec<&str> = CRATE_BENCHES
+                .iter()
+                .map(|(n, _, _)| *n)
+                .chain(bench::SCENARIOS.iter().map(|s| s.id))
+                .collect();
             bail!("unknown benchmark `{name}` (known: {})", known.join(", "));
         }
     }
-    for (name, package, target) in CRATE_BENCHES {
-        if !names.is_empty() && !names.iter().any(|n| n == name) {
-            continue;
-        }
+    if names.is_empty() {
+        crates = CRATE_BENCHES.iter().collect();
+        scenarios = bench::SCENARIOS.to_vec();
+    }
+    if runs == Some(0) {
+        bail!("--runs must be at least 1");
+    }
+    for (name, package, target) in crates {
         let mut cmd = Command::new(cargo());
         cmd.args(["bench", "--quiet", "-p", package, "--bench", target, "--"]);
         if quick {
-            cmd.arg("--quick");
+            // Benchmarks without a --quick flag of their own read these
+            // (the simulator's: runs and seconds per run).
+            cmd.arg("--quick")
+                .env("BENCH_RUNS", "1")
+                .env("BENCH_SECONDS", "1");
         }
         if json {
             cmd.arg("--json");
@@ -89,6 +123,10 @@ fn bench(names: &[String], quick: bool, json: bool) -> Result<()> {
         if !status.success() {
             bail!("benchmark {name} failed ({status})");
         }
+    }
+    let options = bench::Options { quick, json, runs };
+    if !bench::run(&scenarios, &options)? {
+        bail!("some scenario runs failed (see above and target/bench/*.json)");
     }
     Ok(())
 }

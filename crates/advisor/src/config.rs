@@ -59,7 +59,10 @@ pub struct AdvisorConfig {
     /// (one request per minute).
     pub min_rps: f64,
     /// Fraction of a limit learned from headers that is used, leaving room for
-    /// timing jitter between this process and the provider. Default 0.95.
+    /// the two clocks' drift and the rounding of a per-minute limit. Small:
+    /// the `remaining` header keeps the bucket in step with the provider's,
+    /// and every point given up here is a point slower than the provider
+    /// allows. Default 0.99.
     pub header_headroom: f64,
     /// Kind assumed for a key whose provider entry is not in `providers`.
     /// Default `openai_compatible`.
@@ -85,7 +88,7 @@ impl Default for AdvisorConfig {
             additive_step: 0.02,
             slow_start_factor: 2.0,
             min_rps: 1.0 / 60.0,
-            header_headroom: 0.95,
+            header_headroom: 0.99,
             default_kind: ProviderKind::OpenAiCompatible,
             kinds: ProviderKind::ALL
                 .iter()

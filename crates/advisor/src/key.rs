@@ -89,6 +89,13 @@ pub struct Counters {
     pub decreases: u64,
 }
 
+impl Counters {
+    /// Outcomes recorded, of any class.
+    pub fn outcomes(&self) -> u64 {
+        self.successes + self.rate_limited + self.transient + self.permanent
+    }
+}
+
 /// One key's state.
 #[derive(Clone, Debug)]
 pub struct KeyState {
@@ -104,6 +111,12 @@ pub struct KeyState {
     breaker: Breaker,
     paused_until: Option<Instant>,
     counters: Counters,
+    /// Permits granted before the last decrease. Outcomes are numbered in the
+    /// order they are recorded; a 429 numbered above this mark (once a call
+    /// was permitted after the decrease) is taken to come from a call the
+    /// decreased rate sent. 429s are answered fast, so they come back nearly
+    /// in the order their calls were sent.
+    decrease_mark: Option<u64>,
 }
 
 impl KeyState {
@@ -147,6 +160,7 @@ impl KeyState {
             ),
             paused_until: None,
             counters: Counters::default(),
+            decrease_mark: None,
         };
         if let Some(t) = token_limit {
             key.set_token_rate(t.max_rate, now);
@@ -244,9 +258,13 @@ impl KeyState {
                 if let Some(after) = obs.retry_after {
                     self.pause(now, after);
                 }
+                let fresh = self.decrease_mark.is_some_and(|mark| {
+                    self.counters.permits > mark && self.counters.outcomes() > mark
+                });
                 if let Some(c) = &mut self.control
-                    && c.on_rate_limited(now)
+                    && c.on_rate_limited(now, fresh)
                 {
+                    self.decrease_mark = Some(self.counters.permits);
                     self.counters.decreases += 1;
                     self.sync_request_rate(now, true);
                     if let Some(b) = &mut self.requests {

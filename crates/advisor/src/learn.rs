@@ -10,7 +10,9 @@
 //! - **Without headers**, before any limit is known, the rate grows by
 //!   `slow_start_factor` per second of saturated use (slow start).
 //! - A 429 — at most one per `decrease_window` counts, so a burst of
-//!   concurrent 429s counts once — re-estimates the last good rate as the
+//!   concurrent 429s counts once, unless it comes from a call sent after the
+//!   last decrease (the cut was not enough: a start 10× too high takes a few
+//!   round trips, not a few seconds) — re-estimates the last good rate as the
 //!   success rate of the last few seconds (an exponential average over
 //!   `max(3 s, 16 / rate)`), kept between `decrease_factor` of the rate that
 //!   drew the 429 and that rate, less 3 %; it remembers the rate that drew it,
@@ -248,10 +250,14 @@ impl RateController {
         self.rate != before
     }
 
-    /// A permitted call was rate limited. Returns whether the rate was cut
-    /// (at most once per decrease window).
-    pub fn on_rate_limited(&mut self, now: Instant) -> bool {
-        if let Some(t) = self.last_decrease
+    /// A permitted call was rate limited. `fresh`: the call was permitted
+    /// after the last decrease, so the decreased rate drew this 429 too.
+    /// Returns whether the rate was cut: at most once per decrease window for
+    /// 429s of calls sent before the cut (a burst of them is one overshoot),
+    /// and again at once for a fresh one (the cut was not enough).
+    pub fn on_rate_limited(&mut self, now: Instant, fresh: bool) -> bool {
+        if !fresh
+            && let Some(t) = self.last_decrease
             && now.saturating_duration_since(t) < self.learning.decrease_window
         {
             return false;
@@ -435,13 +441,20 @@ mod tests {
             c.on_success(t0 + ms(125 * i));
         }
         let t1 = t0 + ms(8000);
-        assert!(c.on_rate_limited(t1));
+        assert!(c.on_rate_limited(t1, false));
         assert_eq!(c.source(), Source::Estimated);
         let good = c.last_good();
         assert!(good > 7.2 && good < 8.0, "{good}");
         // Halved from the rate that drew the 429 (10/s).
         assert!((c.rate() - 5.0).abs() < 1e-9, "{}", c.rate());
-        assert!(!c.on_rate_limited(t1 + ms(999)), "one decrease per window");
+        assert!(
+            !c.on_rate_limited(t1 + ms(999), false),
+            "one decrease per window"
+        );
+        // ... unless the call was sent after the cut: then at once.
+        let mut fresh = c.clone();
+        assert!(fresh.on_rate_limited(t1 + ms(50), true));
+        assert!((fresh.rate() - 2.5).abs() < 1e-9, "{}", fresh.rate());
         // Linear regrowth to the last good rate within the recovery time,
         // saturated or not.
         c.on_success(t1 + ms(500));
@@ -466,7 +479,7 @@ mod tests {
         c.on_success(t1 + ms(8_000));
         assert!(c.rate() > before && c.rate() <= before * 1.001 + 1e-12);
         // A second 429 near the first confirms the limit.
-        assert!(c.on_rate_limited(t1 + ms(9_000)));
+        assert!(c.on_rate_limited(t1 + ms(9_000), false));
         assert_eq!(c.source(), Source::Confirmed);
     }
 
@@ -475,7 +488,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = RateController::new(Learning::default(), 1.0, f64::INFINITY, t0);
         assert!(c.on_header_limit(600, t0));
-        assert!((c.rate() - 9.5).abs() < 1e-9);
+        assert!((c.rate() - 9.9).abs() < 1e-9);
         assert_eq!(c.source(), Source::Headers);
         let mut c = RateController::new(Learning::default(), 100.0, 2.0, t0);
         assert_eq!(c.rate(), 2.0);
@@ -493,7 +506,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = RateController::new(Learning::default(), 1.0, f64::INFINITY, t0);
         for i in 0..100 {
-            c.on_rate_limited(t0 + ms(2000 * i));
+            c.on_rate_limited(t0 + ms(2000 * i), false);
         }
         assert!((c.rate() - 1.0 / 60.0).abs() < 1e-12);
     }

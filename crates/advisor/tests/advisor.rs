@@ -148,8 +148,8 @@ fn retry_after_pauses_the_key_and_halves_the_rate() {
     assert_eq!(m.breaker, BreakerState::Closed, "429s never count");
 }
 
-#[test]
-fn a_burst_of_429s_halves_the_rate_once() {
+/// An advisor whose key `p|m` starts at 16 requests per second, learning.
+fn sixteen_per_second() -> (Advisor, RateKey, Instant) {
     let advisor = with(&[(
         "p",
         ProviderLimits {
@@ -157,8 +157,12 @@ fn a_burst_of_429s_halves_the_rate_once() {
             ..ProviderLimits::default()
         },
     )]);
-    let key = RateKey::new("p", "m");
-    let t0 = Instant::now();
+    (advisor, RateKey::new("p", "m"), Instant::now())
+}
+
+#[test]
+fn a_burst_of_429s_halves_the_rate_once() {
+    let (advisor, key, t0) = sixteen_per_second();
     for i in 0..20 {
         advisor.record(&key, &rate_limited(None), t0 + ms(10 * i));
     }
@@ -171,6 +175,30 @@ fn a_burst_of_429s_halves_the_rate_once() {
     }
     let m = advisor.key_metrics(&key, t0 + secs(3)).unwrap();
     assert_eq!(m.rate_rps, Some(16.0 * 0.5 * 0.97 * 0.5 * 0.97));
+}
+
+#[test]
+fn a_429_of_a_call_sent_after_a_decrease_cuts_again_at_once() {
+    let (advisor, key, t0) = sixteen_per_second();
+    // Sixteen calls out at once (one second of burst), all rate limited:
+    // one overshoot, one decrease.
+    for _ in 0..16 {
+        assert_eq!(advisor.try_acquire(&key, None, t0), Acquire::Permit);
+    }
+    for i in 0..16 {
+        advisor.record(&key, &rate_limited(None), t0 + ms(10 + i));
+    }
+    let once = 16.0 * 0.5 * 0.97;
+    let m = advisor.key_metrics(&key, t0 + ms(100)).unwrap();
+    assert_eq!((m.rate_rps, m.counters.decreases), (Some(once), 1));
+    // A call permitted at the decreased rate is rate limited too: the cut
+    // was not enough, and the next one comes without waiting for the window.
+    let next = t0 + ms(200);
+    assert_eq!(advisor.try_acquire(&key, None, next), Acquire::Permit);
+    advisor.record(&key, &rate_limited(None), next + ms(5));
+    let m = advisor.key_metrics(&key, next + ms(5)).unwrap();
+    assert_eq!(m.rate_rps, Some(once * 0.5 * 0.97));
+    assert_eq!(m.counters.decreases, 2);
 }
 
 #[test]
@@ -193,9 +221,9 @@ fn headers_set_the_rate_and_remaining_zero_pauses_until_the_reset() {
     };
     advisor.record(&key, &reply(2999, ms(20)), t0 + ms(500));
     let m = advisor.key_metrics(&key, t0 + ms(500)).unwrap();
-    // 3000 RPM = 50/s, used at 95 %.
-    assert!((m.rate_rps.unwrap() - 47.5).abs() < 1e-9);
-    assert!((m.last_good_rps.unwrap() - 47.5).abs() < 1e-9);
+    // 3000 RPM = 50/s, used at 99 %.
+    assert!((m.rate_rps.unwrap() - 49.5).abs() < 1e-9);
+    assert!((m.last_good_rps.unwrap() - 49.5).abs() < 1e-9);
     advisor.record(&key, &reply(0, secs(12)), t0 + secs(1));
     assert_eq!(
         advisor.try_acquire(&key, None, t0 + secs(2)),
@@ -351,7 +379,7 @@ fn snapshots_restore_learned_rates_and_open_breakers() {
     assert_eq!(read, snapshot);
     let entry = &read.keys["oa|gpt"];
     assert_eq!(entry.learned_from, LearnedFrom::Headers);
-    assert!((entry.rate_rps.unwrap() - 9.5).abs() < 1e-9);
+    assert!((entry.rate_rps.unwrap() - 9.9).abs() < 1e-9);
     assert!(entry.token_rate_tps.unwrap() > 900.0);
     assert_eq!(
         read.keys["an|claude"].breaker,
@@ -366,7 +394,7 @@ fn snapshots_restore_learned_rates_and_open_breakers() {
     let t1 = t0 + secs(3600);
     restarted.restore(&read, t1).unwrap();
     let m = restarted.key_metrics(&learned, t1).unwrap();
-    assert!((m.rate_rps.unwrap() - 9.5).abs() < 1e-9);
+    assert!((m.rate_rps.unwrap() - 9.9).abs() < 1e-9);
     assert_eq!(
         restarted.try_acquire(&broken, None, t1),
         wait(

@@ -37,7 +37,7 @@ pub struct Config {
     #[serde(with = "duration")]
     pub eval_timeout: Duration,
     /// How old a claim must be before another replica takes it over.
-    /// Heartbeats run every `lease / 3`, the orphan scan every `lease`.
+    /// Heartbeats and the orphan scan both run every `lease / 3`.
     #[serde(with = "duration")]
     pub lease: Duration,
     /// Random spread of the orphan scan interval, as a fraction (0.1 = ±10 %).
@@ -106,6 +106,14 @@ impl Default for Config {
 impl Config {
     /// Heartbeat period: a third of the lease.
     pub fn heartbeat_interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// Orphan scan period (before jitter): a third of the lease, so a claim
+    /// that expired is taken over within a third of a lease — a replica
+    /// killed right after a heartbeat is replaced about `lease × 4/3` later,
+    /// not up to `2 × lease` as with a scan every lease.
+    pub fn orphan_scan_interval(&self) -> Duration {
         self.lease / 3
     }
 

@@ -16,7 +16,7 @@
 //! Store writes run to completion in their own tasks and are retried while the
 //! store is unreachable: no write is ever cancelled half-way. Heartbeats run
 //! every `lease / 3` independently of job durations; the orphan scan runs
-//! every `lease` ± `orphan_scan_jitter`, and once at start after the replica
+//! every `lease / 3` ± `orphan_scan_jitter`, and once at start after the replica
 //! has taken back the experiments still claimed under its own identity.
 //! Graceful shutdown stops dispatching, lets in-flight calls finish for up to
 //! `shutdown_grace`, then releases the remaining claims so another replica (or
@@ -392,7 +392,7 @@ where
     fn scan_interval(&mut self) -> Duration {
         let config = self.scheduler.config();
         let spread = 1.0 + config.orphan_scan_jitter * self.rng.signed_unit();
-        config.lease.mul_f64(spread)
+        config.orphan_scan_interval().mul_f64(spread)
     }
 
     fn deadline(&self) -> Option<Instant> {

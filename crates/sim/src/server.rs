@@ -25,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -117,12 +117,10 @@ impl Sim {
         clock: SimClock,
     ) -> Result<SimHandle, Error> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
             source,
@@ -210,6 +208,26 @@ impl Drop for SimHandle {
 }
 
 // ---------------------------------------------------------------- connections
+
+/// Connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). A client that opens hundreds of connections at once
+/// — a scheduler filling 500 slots — must not see SYNs dropped, which costs
+/// each dropped connection a one-second retransmission; the 128 of
+/// `TcpListener::bind` is too few for that.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, like
+/// the standard library's).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 async fn accept_loop(
     listener: TcpListener,
@@ -825,6 +843,30 @@ fn reset_time(wall: DateTime<Utc>, reset: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Six hundred clients connecting at once all complete their handshake
+    /// while nothing accepts (a backlog of 128 would leave most of them
+    /// waiting forever here). The timeout only bounds a failure.
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_in_the_backlog() {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = JoinSet::new();
+        for _ in 0..600 {
+            connects.spawn(TcpStream::connect(addr));
+        }
+        let all = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut streams = Vec::new();
+            while let Some(joined) = connects.join_next().await {
+                streams.push(joined.unwrap().unwrap());
+            }
+            streams
+        })
+        .await
+        .expect("every connection was queued");
+        assert_eq!(all.len(), 600);
+        drop(listener);
+    }
 
     #[test]
     fn reset_notation_matches_openai() {
