@@ -303,7 +303,7 @@ where
     pub(crate) async fn finish(&self, claim: &Claim, end: &Finish) -> Result<bool, StoreError> {
         let (status, error) = match end {
             Finish::Completed => (ExperimentStatus::Completed, None),
-            Finish::Error(message) => (ExperimentStatus::Error, Some(message.clone())),
+            Finish::Error(message) => (ExperimentStatus::Error, Some(clean(message))),
         };
         let row = Self::q(DB::sql().finish)
             .bind(claim.experiment.0)
@@ -799,8 +799,8 @@ where
             .bind(record.key.example.0)
             .bind(i64::from(record.key.repetition))
             .bind(success)
-            .bind(record.output.clone())
-            .bind(record.error.clone())
+            .bind(text(&record.output))
+            .bind(text(&record.error))
             .bind(i64::from(record.attempts))
             .bind(to_i64(record.latency_ms))
             .bind(to_i64(record.total_latency_ms))
@@ -845,10 +845,10 @@ where
             .bind(record.key.run.0)
             .bind(record.key.evaluator.0)
             .bind(record.error.is_none())
-            .bind(record.label.clone())
+            .bind(text(&record.label))
             .bind(record.score.filter(|s| s.is_finite()))
-            .bind(record.explanation.clone())
-            .bind(record.error.clone())
+            .bind(text(&record.explanation))
+            .bind(text(&record.error))
             .bind(i64::from(record.attempts))
             .bind(to_i64(record.latency_ms))
             .bind(record.usage.map(|u| to_i64(u.prompt_tokens)))
@@ -885,12 +885,25 @@ where
         let row = Self::q(DB::sql().log)
             .bind(id.0)
             .bind(level.as_str().to_owned())
-            .bind(message.to_owned())
+            .bind(clean(message))
             .fetch_optional(&self.pool)
             .await
             .map_err(Self::err)?;
         row.map(drop).ok_or(StoreError::ExperimentNotFound(id))
     }
+}
+
+/// Text from outside (a provider's reply or error, a log message) as the
+/// database can store it: PostgreSQL `text` cannot hold NUL, so every NUL
+/// becomes U+FFFD — on both databases, so they store the same thing. Without
+/// this one reply with a NUL failed its whole write batch, every time.
+fn clean(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
+/// [`clean`] of an optional text.
+fn text(value: &Option<String>) -> Option<String> {
+    value.as_deref().map(clean)
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {
