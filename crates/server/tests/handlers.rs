@@ -145,6 +145,7 @@ async fn every_field_of_experiment_creation_is_validated() {
         (json!({"task": {"provider": "nope"}}), "task.provider"),
         (json!({"task": {"provider": null}}), "task.provider"),
         (json!({"task": {"model": " "}}), "task.model"),
+        (json!({"task": {"model": "gpt\u{0}4"}}), "task.model"),
         (json!({"task": {"messages": []}}), "task.messages"),
         (
             json!({"task": {"messages": [{"role": "wizard", "content": "hi"}]}}),
@@ -195,6 +196,10 @@ async fn every_field_of_experiment_creation_is_validated() {
         ),
         (
             json!({"evaluators": [merged(judge("a"), json!({"model": ""}))]}),
+            "evaluators[0].model",
+        ),
+        (
+            json!({"evaluators": [merged(judge("a"), json!({"model": "j\n"}))]}),
             "evaluators[0].model",
         ),
         (
