@@ -391,6 +391,46 @@ async fn the_body_limit_is_the_configured_one() {
     f.shutdown().await;
 }
 
+/// Regression (found by `cargo xtask chaos`): an id that percent-decodes to
+/// invalid UTF-8 got axum's plain-text 400 instead of a problem document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_path_ids_get_problem_documents() {
+    let f = Fixture::new().await;
+    for (method, path) in [
+        ("GET", "/v1/datasets/%ff%fe"),
+        ("POST", "/v1/datasets/%ff%fe/examples"),
+        ("GET", "/v1/experiments/%ff%fe"),
+        ("DELETE", "/v1/experiments/%ff%fe"),
+        ("POST", "/v1/experiments/%ff%fe/stop"),
+        ("POST", "/v1/experiments/%ff%fe/resume"),
+        ("POST", "/v1/experiments/%c3%28/evaluators"),
+        ("GET", "/v1/experiments/%ff/runs"),
+        ("GET", "/v1/experiments/%ff/runs.jsonl"),
+        ("GET", "/v1/experiments/%ff/logs"),
+        ("GET", "/v1/experiments/%ff/events"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, content_type, problem) = f.call(request).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path}: {problem}"
+        );
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "{method} {path}: {problem}"
+        );
+        assert_eq!(problem["status"], 400, "{problem}");
+    }
+    f.shutdown().await;
+}
+
 /// Bodies for the property below: mangled variants of a valid request.
 fn mangled_bodies() -> impl Strategy<Value = Vec<u8>> {
     let valid = serde_json::to_vec(&json!({

@@ -106,6 +106,31 @@ where
     }
 }
 
+/// The `{id}` of a path, as text. A path axum cannot decode (a
+/// percent-encoded id that is not UTF-8) is a 400 problem document, not
+/// axum's plain-text rejection.
+#[derive(Debug)]
+pub struct PathId(pub String);
+
+impl<S> FromRequestParts<S> for PathId
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|rejection| {
+                ApiError::BadRequest(format!(
+                    "the request path is invalid: {}",
+                    rejection.body_text()
+                ))
+            })
+    }
+}
+
 /// A query string, rejecting unknown parameters with a 400 naming them.
 #[derive(Debug)]
 pub struct Query<T>(pub T);

@@ -1,10 +1,10 @@
 //! `/v1/datasets`: create (JSON or NDJSON), append examples, list, get.
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 
-use super::body::{BodyKind, Query, body_kind, parse_json, read_bytes};
+use super::body::{BodyKind, PathId, Query, body_kind, parse_json, read_bytes};
 use super::error::{ApiError, Problem};
 use super::types::{
     AppendExamples, CreateDataset, DatasetOut, DatasetQuery, ExampleCount, ExampleIn,
@@ -94,7 +94,7 @@ pub async fn create(
         (status = 400, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
 pub async fn append(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     request: Request,
 ) -> Result<Json<ExampleCount>, ApiError> {
     let id = validate::dataset_id(&id)?;
@@ -123,7 +123,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetOut>>
     responses((status = 200, body = DatasetOut), (status = 404, body = Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<DatasetOut>, ApiError> {
     let id = validate::dataset_id(&id)?;
     Ok(Json(state.db.dataset(id).await?.into()))
