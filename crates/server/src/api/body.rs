@@ -74,6 +74,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Ap
             "the {what} is empty; send a JSON object"
         )));
     }
+    // Every body and line this reads is an object. serde's derived structs
+    // also accept an array of their fields in order (`[[]]` is an append of
+    // nothing); the API does not take positional bodies.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        let shape = match first {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b'n') => "null",
+            Some(b't' | b'f') => "a boolean",
+            _ => "a number",
+        };
+        return Err(ApiError::BadRequest(format!(
+            "the {what} must be a JSON object, not {shape}"
+        )));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -210,7 +226,6 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Outer {
-        #[allow(dead_code)]
         items: Vec<Inner>,
     }
 
@@ -229,6 +244,28 @@ mod tests {
         assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
         let err = parse_json::<Outer>(b"  ", "body").unwrap_err();
         assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
+    }
+
+    /// Regression: serde's derived structs take an array of their fields in
+    /// order, so `[[]]` was accepted as `{"items": []}`.
+    #[test]
+    fn bodies_must_be_objects_not_positional_arrays() {
+        for body in [
+            &b"[[]]"[..],
+            b" [[{\"n\": 1}]]",
+            b"5",
+            b"\"x\"",
+            b"null",
+            b"true",
+        ] {
+            let err = parse_json::<Outer>(body, "body").unwrap_err();
+            assert!(
+                matches!(&err, ApiError::BadRequest(m) if m.contains("must be a JSON object")),
+                "{err:?}"
+            );
+        }
+        let ok = parse_json::<Outer>(b" \n{\"items\": []}", "body").unwrap();
+        assert!(ok.items.is_empty());
     }
 
     #[test]
