@@ -494,6 +494,35 @@ async fn an_in_memory_database_works_for_quick_experiments() {
     db.close().await;
 }
 
+/// Regression (found by `cargo xtask chaos`): with another process holding
+/// the SQLite write lock, reads still work in WAL mode, so readiness said
+/// ready while every result write waited and failed.
+#[tokio::test]
+async fn a_sqlite_file_locked_by_another_writer_is_not_ready() {
+    use sqlx::Connection;
+    with_temp_db(DatabaseKind::Sqlite, async |temp| {
+        let config = StoreConfig {
+            busy_timeout: Duration::from_millis(200),
+            ..StoreConfig::for_url(temp.url())
+        };
+        let db = Db::connect(&config).await.unwrap();
+        db.ready().await.unwrap();
+        let mut other = sqlx::SqliteConnection::connect(temp.url()).await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let err = db.ready().await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        // Reads still work meanwhile.
+        assert!(db.datasets().await.unwrap().is_empty());
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        db.ready().await.unwrap();
+        db.close().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn unusable_urls_are_clear_errors() {
     let err = Db::connect(&StoreConfig::for_url("mysql://u:secret@h/db"))
