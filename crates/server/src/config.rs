@@ -380,6 +380,22 @@ impl RunnelConfig {
                 "every API key must have at least 8 characters",
             ));
         }
+        // A key is compared with what follows `Bearer ` in the header, which
+        // is visible ASCII with the surrounding blanks trimmed: a key with a
+        // space, a trailing newline (from a secret file) or a non-ASCII
+        // character could never match, and every request would get 401.
+        if self
+            .auth
+            .api_keys
+            .iter()
+            .any(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::new(
+                "auth.api_keys",
+                "an API key may hold only visible ASCII characters (no spaces, \
+                 line breaks or other characters a header cannot carry)",
+            ));
+        }
         if let Some(endpoint) = &self.otel.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
@@ -731,6 +747,23 @@ mod tests {
         assert_eq!(err.key, "providers.p.connect_timeout", "{err}");
         // The largest accepted value still loads.
         RunnelConfig::from_toml("[scheduler]\nbreaker_give_up = 1000000000000\n").unwrap();
+    }
+
+    /// Regression: a key with a trailing newline or a space passed the length
+    /// check but could never match the trimmed, visible-ASCII header value.
+    #[test]
+    fn api_keys_that_could_never_match_are_refused() {
+        for key in [
+            "secret-key-123\\n",
+            " secret-key-123",
+            "secret key 123",
+            "sécret-key-123",
+        ] {
+            let text = format!("[auth]\napi_keys = [\"{key}\"]\n");
+            let err = RunnelConfig::from_toml(&text).unwrap_err();
+            assert_eq!(err.key, "auth.api_keys", "{key:?}: {err}");
+        }
+        RunnelConfig::from_toml("[auth]\napi_keys = [\"s3cret-key_123.~!\"]\n").unwrap();
     }
 
     #[test]
