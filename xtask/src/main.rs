@@ -8,8 +8,13 @@
 //!   `sim`; end-to-end scenarios `S1` … `S10` (see `bench/mod.rs` and
 //!   BENCHMARKS.md). No names: all of them.
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
+//! - `cargo xtask chaos [--quick] [--seed N] [TEST…]`: the reliability and
+//!   security suite (release build): replica chaos, database faults, provider
+//!   faults, hostile input, security, stop/resume storm (see `chaos/mod.rs`
+//!   and RELIABILITY.md). No names: all of them.
 
 mod bench;
+mod chaos;
 #[allow(dead_code)] // parts are for the chaos command being built
 mod harness;
 mod postgres;
@@ -57,6 +62,20 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         runs: Option<usize>,
     },
+    /// Run the reliability and security suite (release build): replicas
+    /// killed, databases restarted, providers failing, hostile input,
+    /// leaked secrets, stop/resume storms. Exits non-zero on any failure.
+    Chaos {
+        /// Which tests: replicas, database, provider, hostile, security,
+        /// storm (default: all).
+        tests: Vec<String>,
+        /// CI sizes (replica chaos 30 s instead of 2 min, smaller datasets).
+        #[arg(long)]
+        quick: bool,
+        /// Seed of every random choice (default: from the clock; printed).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+    },
 }
 
 /// Crate benchmarks: (name, package, bench target).
@@ -77,6 +96,12 @@ fn main() -> Result<()> {
             runs,
         } => bench(&names, quick, json, runs),
         Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
+        Cmd::Chaos { tests, quick, seed } => {
+            if !chaos::run(&chaos::Options { quick, seed, tests })? {
+                bail!("some chaos tests failed (see above and target/chaos/*.json)");
+            }
+            Ok(())
+        }
     }
 }
 
