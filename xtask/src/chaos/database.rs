@@ -105,15 +105,20 @@ fn secs_from(t: Instant, origin: Instant) -> f64 {
 
 /// Judges the probes of an outage: the database was surely unusable from
 /// `from` to `until` (a probe sent and answered inside that must not say
-/// ready), and on its way back from `back` (the lock released, the server
-/// starting).
-fn judge(probes: &[Probe], from: Instant, until: Instant, back: Instant) -> Readiness {
+/// ready); `recovered` is how long after the outage a fresh probe said
+/// ready again.
+fn judge(
+    probes: &[Probe],
+    from: Instant,
+    until: Instant,
+    recovered: Option<Duration>,
+) -> Readiness {
     let mut r = Readiness {
         probes: probes.len() as u64,
         reported: 0,
         wrongly_ready: 0,
         other: Vec::new(),
-        recovered: None,
+        recovered,
         slowest: Duration::ZERO,
     };
     for p in probes {
@@ -130,10 +135,6 @@ fn judge(probes: &[Probe], from: Instant, until: Instant, back: Instant) -> Read
             Some(503) if p.done >= from => r.reported += 1,
             Some(503) => {}
             Some(200) if p.sent >= from && p.done <= until => r.wrongly_ready += 1,
-            Some(200) if p.sent >= back => {
-                let after = p.done - back;
-                r.recovered = Some(r.recovered.map_or(after, |a| a.min(after)));
-            }
             Some(200) => {}
             other => r.other.push(format!(
                 "{other:?} after {:.1} s",
@@ -178,20 +179,20 @@ impl Readiness {
     }
 }
 
-/// Waits until `/readyz` answers 200 again (at most `within`).
-async fn wait_ready(base: &str, within: Duration) {
+/// Waits until a `/readyz` probe sent now or later answers 200 (at most
+/// `within`); returns how long after `since` that answer came.
+async fn wait_ready(base: &str, since: Instant, within: Duration) -> Option<Duration> {
     let until = Instant::now() + within;
     while Instant::now() < until {
         if reqwest::get(format!("{base}/readyz"))
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return;
+            return Some(since.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the poller see it too (it probes every 250 ms).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    None
 }
 
 /// Waits until experiment `id` has at least `n` successful runs.
@@ -295,8 +296,8 @@ async fn sqlite_locked(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let _ = locker.wait();
     let released_at = Instant::now();
     report.fault("SQLite file locked by another process (BEGIN EXCLUSIVE)", 1);
-    wait_ready(&server.url, Duration::from_secs(30)).await;
-    let readiness = judge(&poller.finish().await, locked_at, releasing, released_at);
+    let recovered = wait_ready(&server.url, released_at, Duration::from_secs(30)).await;
+    let readiness = judge(&poller.finish().await, locked_at, releasing, recovered);
     let view = super::wait_completed(&api, &id, Duration::from_secs(600)).await;
     let view = match view {
         Ok(v) => v,
@@ -382,8 +383,8 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
         outage.as_secs_f64()
     );
     report.fault("PostgreSQL stopped and started mid-run", 1);
-    wait_ready(&server.url, Duration::from_secs(60)).await;
-    let readiness = judge(&poller.finish().await, down, starting, starting);
+    let recovered = wait_ready(&server.url, back, Duration::from_secs(60)).await;
+    let readiness = judge(&poller.finish().await, down, starting, recovered);
     let view = match super::wait_completed(&api, &id, Duration::from_secs(600)).await {
         Ok(v) => v,
         Err(e) => {

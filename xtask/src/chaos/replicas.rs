@@ -1,9 +1,11 @@
 //! Replica chaos (issue 8, part 1): three `runnel serve` processes on one
 //! PostgreSQL database run six experiments with evaluators; for 2 minutes
 //! (`--quick`: 30 s) a random replica is killed with SIGKILL and restarted
-//! every few seconds while clients send stop, resume, attach-evaluator and
-//! get requests to random replicas. Afterwards a final resume completes every
-//! experiment, and:
+//! every few seconds — or, one time in three, frozen with SIGSTOP for longer
+//! than the lease and thawed, so its experiments are taken over while its
+//! calls are in flight — while clients send stop, resume, attach-evaluator
+//! and get requests to random replicas. Afterwards a final resume completes
+//! every experiment, and:
 //!
 //! - every example × repetition has exactly one run row and every run
 //!   exactly one annotation per evaluator (read with psql);
@@ -16,7 +18,8 @@
 //! - no experiment stayed owned by a dead replica longer than lease + orphan
 //!   scan interval (claims sampled every 250 ms);
 //! - the only 5xx answers and refused connections came from a replica while
-//!   it was down (between just before its kill and its `/readyz` answering).
+//!   it was down (between just before its kill and its `/readyz` answering,
+//!   or while frozen).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -177,6 +180,17 @@ impl Timeline {
     }
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to process `pid` with `kill`.
+fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed ({status})");
+    Ok(())
+}
+
 /// The replica id a server reports at `/readyz`.
 pub(crate) async fn replica_id(http: &reqwest::Client, base: &str) -> Result<String> {
     let v: Value = http
@@ -276,7 +290,10 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let chaos_for = ctx.pick(Duration::from_secs(30), Duration::from_secs(120));
     let (examples, repetitions) = ctx.pick((250, 1), (500, 2));
     let kill_every = ctx.pick((2_000, 5_000), (3_000, 8_000));
-    let clients = 4;
+    // Clients toggle each experiment every few seconds on average: often
+    // enough to race the kills, rarely enough that a dead replica's claims
+    // outlive the lease and are taken over.
+    let clients = 3;
 
     let sim = SimProcess::start(&ctx.bin, &ctx.dir, super::sim_config(ctx.seed, 60, 30)).await?;
     let pg = PgDb::create("replicas")?;
@@ -413,7 +430,7 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                         )
                         .await;
                 }
-                tokio::time::sleep(Duration::from_millis(rng.range(20, 200))).await;
+                tokio::time::sleep(Duration::from_millis(rng.range(250, 1500))).await;
             }
         }));
     }
@@ -452,6 +469,7 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
 
     // The killer: this task.
     let mut kills = 0u64;
+    let mut pauses = 0u64;
     let mut restart_failures = Vec::new();
     loop {
         let wait = Duration::from_millis(rng.range(kill_every.0, kill_every.1));
@@ -463,6 +481,25 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let r = rng.index(REPLICAS);
         scrape(&http, &bases[r], r, &timeline).await;
         let at = Instant::now();
+        if rng.chance(0.3) {
+            // Freeze it (SIGSTOP) past the lease, so the others take its
+            // experiments over while it still has calls in flight; when it
+            // thaws, those results must be fenced.
+            if let Ok(mut t) = timeline.lock() {
+                t.downtime.down(r, at);
+            }
+            let frozen = signal(servers[r].pid(), "STOP");
+            tokio::time::sleep(LEASE + Duration::from_millis(rng.range(1000, 2500))).await;
+            let thawed = signal(servers[r].pid(), "CONT");
+            if let Err(e) = frozen.and(thawed) {
+                restart_failures.push(format!("replica {r}: {e:#}"));
+            }
+            pauses += 1;
+            if let Ok(mut t) = timeline.lock() {
+                t.downtime.up(r, Instant::now());
+            }
+            continue;
+        }
         if let Ok(mut t) = timeline.lock() {
             t.killed(r, at);
         }
@@ -487,10 +524,11 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let _ = t.await;
     }
     eprintln!(
-        "chaos:   chaos over after {:.0}s: {kills} kills; settling for lease + scan",
+        "chaos:   chaos over after {:.0}s: {kills} kills, {pauses} freezes; settling for lease + scan",
         started.elapsed().as_secs_f64()
     );
     report.fault("kill -9 and restart", kills);
+    report.fault("SIGSTOP past the lease, then SIGCONT", pauses);
     report.check(restart_failures.is_empty(), || {
         format!("restarts failed: {}", restart_failures.join("; "))
     });
