@@ -691,3 +691,13 @@ pub(crate) fn arithmetic(n: usize) -> impl Iterator<Item = Value> {
         json!({"input": {"question": format!("What is {a} + {b}?")}, "expected": (a + b).to_string()})
     })
 }
+
+// ----------------------------------------------------------------- chaos
+// Added for `cargo xtask chaos`.
+
+impl ServerProcess {
+    /// Whether the current process is still running (it has not exited).
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

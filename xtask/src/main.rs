@@ -10,8 +10,13 @@
 //!   BENCHMARKS.md). No names: all of them.
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
 //! - `cargo xtask migrate [--database-url URL]`: applies the embedded migrations.
+//! - `cargo xtask chaos [--quick] [--seed N] [TEST…]`: the reliability and
+//!   security suite (release build): replica chaos, database faults, provider
+//!   faults, hostile input, security, stop/resume storm (see `chaos/mod.rs`
+//!   and RELIABILITY.md). No names: all of them.
 
 mod bench;
+mod chaos;
 #[allow(dead_code)] // parts are for the chaos command being built
 mod harness;
 mod postgres;
@@ -65,6 +70,20 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         runs: Option<usize>,
     },
+    /// Run the reliability and security suite (release build): replicas
+    /// killed, databases restarted, providers failing, hostile input,
+    /// leaked secrets, stop/resume storms. Exits non-zero on any failure.
+    Chaos {
+        /// Which tests: replicas, database, provider, hostile, security,
+        /// storm (default: all).
+        tests: Vec<String>,
+        /// CI sizes (replica chaos 30 s instead of 2 min, smaller datasets).
+        #[arg(long)]
+        quick: bool,
+        /// Seed of every random choice (default: from the clock; printed).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+    },
 }
 
 /// Crate benchmarks: (name, package, bench target).
@@ -87,6 +106,12 @@ fn main() -> Result<()> {
         } => bench(&names, quick, json, runs),
         Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
         Cmd::Migrate { database_url } => migrate(&database_url),
+        Cmd::Chaos { tests, quick, seed } => {
+            if !chaos::run(&chaos::Options { quick, seed, tests })? {
+                bail!("some chaos tests failed (see above and target/chaos/*.json)");
+            }
+            Ok(())
+        }
     }
 }
 

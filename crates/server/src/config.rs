@@ -21,6 +21,12 @@ use runnel_store::StoreConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The longest duration a key may hold: the range the duration text form
+/// accepts (`runnel_core::config::duration`). A duration written as an
+/// integer number of seconds was not held to it, and a value near `i64::MAX`
+/// overflowed the clock (`scheduler.shutdown_grace`: a panic on shutdown).
+const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000_000);
+
 /// Top-level sections a `RUNNEL_…` variable may address; others (for example
 /// `RUNNEL_TEST_POSTGRES_URL`) are not configuration and are ignored.
 const SECTIONS: &[&str] = &[
@@ -374,6 +380,22 @@ impl RunnelConfig {
                 "every API key must have at least 8 characters",
             ));
         }
+        // A key is compared with what follows `Bearer ` in the header, which
+        // is visible ASCII with the surrounding blanks trimmed: a key with a
+        // space, a trailing newline (from a secret file) or a non-ASCII
+        // character could never match, and every request would get 401.
+        if self
+            .auth
+            .api_keys
+            .iter()
+            .any(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::new(
+                "auth.api_keys",
+                "an API key may hold only visible ASCII characters (no spaces, \
+                 line breaks or other characters a header cannot carry)",
+            ));
+        }
         if let Some(endpoint) = &self.otel.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
@@ -381,6 +403,14 @@ impl RunnelConfig {
                 "otel.endpoint",
                 "must be an http:// or https:// URL",
             ));
+        }
+        for (key, value) in self.durations() {
+            if value > MAX_DURATION {
+                return Err(ConfigError::new(
+                    key,
+                    "is out of range (at most 1000000000000 seconds)",
+                ));
+            }
         }
         if !self.server.bind.ip().is_loopback()
             && self.auth.api_keys.is_empty()
@@ -396,6 +426,45 @@ impl RunnelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Every duration of the configuration, with its key.
+    fn durations(&self) -> Vec<(String, Duration)> {
+        let s = &self.scheduler;
+        let a = &self.advisor;
+        let mut all: Vec<(String, Duration)> = [
+            ("scheduler.backoff_base", s.backoff_base),
+            ("scheduler.backoff_max", s.backoff_max),
+            ("scheduler.task_timeout", s.task_timeout),
+            ("scheduler.eval_timeout", s.eval_timeout),
+            ("scheduler.lease", s.lease),
+            ("scheduler.cooldown", s.cooldown),
+            ("scheduler.breaker_give_up", s.breaker_give_up),
+            ("scheduler.shutdown_grace", s.shutdown_grace),
+            ("scheduler.store_retry_base", s.store_retry_base),
+            ("scheduler.store_retry_max", s.store_retry_max),
+            ("scheduler.store_write_give_up", s.store_write_give_up),
+            ("advisor.breaker_cooldown", a.breaker_cooldown),
+            ("advisor.probe_timeout", a.probe_timeout),
+            ("advisor.decrease_window", a.decrease_window),
+            ("advisor.recovery_time", a.recovery_time),
+            (
+                "server.rate_state_interval",
+                self.server.rate_state_interval,
+            ),
+            ("server.progress_interval", self.server.progress_interval),
+            ("otel.metrics_interval", self.otel.metrics_interval),
+        ]
+        .into_iter()
+        .map(|(k, d)| (k.to_owned(), d))
+        .collect();
+        for (name, section) in &self.providers {
+            all.push((
+                format!("providers.{name}.connect_timeout"),
+                section.entry.connect_timeout,
+            ));
+        }
+        all
     }
 
     /// The provider clients' settings derived from the scheduler's timeouts.
@@ -648,6 +717,53 @@ mod tests {
             let err = RunnelConfig::from_toml(text).unwrap_err();
             assert!(err.key.contains(key), "{text:?}: {err}");
         }
+    }
+
+    /// Regression (found by configuration fuzzing in `cargo xtask chaos`):
+    /// an integer duration near `i64::MAX` seconds was accepted, and
+    /// `scheduler.shutdown_grace` then panicked on shutdown.
+    #[test]
+    fn integer_durations_beyond_the_text_range_are_refused_naming_the_key() {
+        for key in [
+            "scheduler.shutdown_grace",
+            "scheduler.lease",
+            "scheduler.breaker_give_up",
+            "scheduler.store_write_give_up",
+            "advisor.breaker_cooldown",
+            "advisor.probe_timeout",
+            "server.rate_state_interval",
+            "otel.metrics_interval",
+        ] {
+            let (section, name) = key.split_once('.').unwrap();
+            let text = format!("[{section}]\n{name} = {}\n", i64::MAX);
+            let err = RunnelConfig::from_toml(&text).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+        let err = RunnelConfig::from_toml(&format!(
+            "[providers.p]\nkind = \"openai\"\nconnect_timeout = {}\n",
+            i64::MAX
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "providers.p.connect_timeout", "{err}");
+        // The largest accepted value still loads.
+        RunnelConfig::from_toml("[scheduler]\nbreaker_give_up = 1000000000000\n").unwrap();
+    }
+
+    /// Regression: a key with a trailing newline or a space passed the length
+    /// check but could never match the trimmed, visible-ASCII header value.
+    #[test]
+    fn api_keys_that_could_never_match_are_refused() {
+        for key in [
+            "secret-key-123\\n",
+            " secret-key-123",
+            "secret key 123",
+            "sécret-key-123",
+        ] {
+            let text = format!("[auth]\napi_keys = [\"{key}\"]\n");
+            let err = RunnelConfig::from_toml(&text).unwrap_err();
+            assert_eq!(err.key, "auth.api_keys", "{key:?}: {err}");
+        }
+        RunnelConfig::from_toml("[auth]\napi_keys = [\"s3cret-key_123.~!\"]\n").unwrap();
     }
 
     #[test]

@@ -9,110 +9,15 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
-use runnel_server::{AppState, RunnelConfig, Runtime, app};
+use runnel_server::app;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod common;
 use common::{merge, merged};
-
-/// A runtime on a fresh SQLite file; the folder goes with it.
-struct Fixture {
-    runtime: Option<Runtime>,
-    dir: std::path::PathBuf,
-}
-
-impl Fixture {
-    async fn new() -> Self {
-        Self::with(|_| {}).await
-    }
-
-    async fn with(tweak: impl FnOnce(&mut String)) -> Self {
-        let dir = std::env::temp_dir().join(format!("runnel-handlers-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // The providers point at a closed port: nothing here calls them
-        // (experiments are created stopped).
-        let mut text = format!(
-            "[database]\nurl = \"sqlite://{}\"\n\
-             [server]\nbody_limit_bytes = 4096\n\
-             [providers.sim]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nunlimited = true\n\
-             [providers.judge]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\nunlimited = true\n",
-            dir.join("runnel.db").display()
-        );
-        tweak(&mut text);
-        let config = RunnelConfig::from_toml(&text).unwrap();
-        let runtime = Runtime::start(config).await.unwrap();
-        Self {
-            runtime: Some(runtime),
-            dir,
-        }
-    }
-
-    fn state(&self) -> AppState {
-        self.runtime.as_ref().unwrap().state.clone()
-    }
-
-    async fn call(&self, request: Request<Body>) -> (StatusCode, Option<String>, Value) {
-        let response = app(self.state()).oneshot(request).await.unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, content_type, body)
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let request = Request::post(path)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap();
-        let (status, _, body) = self.call(request).await;
-        (status, body)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let (status, _, body) = self
-            .call(Request::get(path).body(Body::empty()).unwrap())
-            .await;
-        (status, body)
-    }
-
-    async fn dataset(&self, examples: Value) -> String {
-        let (status, body) = self
-            .post("/v1/datasets", &json!({"name": "d", "examples": examples}))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn task() -> Value {
-    json!({"provider": "sim", "model": "m",
-           "messages": [{"role": "user", "content": "What is {{input.a}} + {{input.b}}?"}]})
-}
-
-fn judge(name: &str) -> Value {
-    json!({"name": name, "provider": "judge", "model": "j",
-           "messages": [{"role": "user", "content": "Expected {{expected}}; got {{output}}. Answer CORRECT or INCORRECT."}],
-           "labels": ["CORRECT", "INCORRECT"]})
-}
+#[path = "common/fixture.rs"]
+mod fixture;
+use fixture::{Fixture, judge, task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_field_of_experiment_creation_is_validated() {
@@ -145,6 +50,7 @@ async fn every_field_of_experiment_creation_is_validated() {
         (json!({"task": {"provider": "nope"}}), "task.provider"),
         (json!({"task": {"provider": null}}), "task.provider"),
         (json!({"task": {"model": " "}}), "task.model"),
+        (json!({"task": {"model": "gpt\u{0}4"}}), "task.model"),
         (json!({"task": {"messages": []}}), "task.messages"),
         (
             json!({"task": {"messages": [{"role": "wizard", "content": "hi"}]}}),
@@ -195,6 +101,10 @@ async fn every_field_of_experiment_creation_is_validated() {
         ),
         (
             json!({"evaluators": [merged(judge("a"), json!({"model": ""}))]}),
+            "evaluators[0].model",
+        ),
+        (
+            json!({"evaluators": [merged(judge("a"), json!({"model": "j\n"}))]}),
             "evaluators[0].model",
         ),
         (
@@ -329,21 +239,8 @@ async fn datasets_accept_json_and_ndjson_and_append() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluators_attach_once_per_name_and_are_checked() {
     let f = Fixture::new().await;
-    let dataset = f
-        .dataset(json!([{"input": {"a": 1, "b": 2}, "expected": 3}]))
-        .await;
-    let (status, created) = f
-        .post(
-            "/v1/experiments",
-            &json!({"dataset_id": dataset, "name": "e", "start": false,
-                    "task": task(), "evaluators": [judge("correct")]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let path = format!(
-        "/v1/experiments/{}/evaluators",
-        created["id"].as_str().unwrap()
-    );
+    let (_, experiment) = f.stopped_experiment("e").await;
+    let path = format!("/v1/experiments/{experiment}/evaluators");
     let (status, body) = f.post(&path, &judge("second")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["name"], "second");
@@ -383,6 +280,46 @@ async fn the_body_limit_is_the_configured_one() {
         problem["detail"].as_str().unwrap().contains("2048"),
         "{problem}"
     );
+    f.shutdown().await;
+}
+
+/// Regression (found by `cargo xtask chaos`): an id that percent-decodes to
+/// invalid UTF-8 got axum's plain-text 400 instead of a problem document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_path_ids_get_problem_documents() {
+    let f = Fixture::new().await;
+    for (method, path) in [
+        ("GET", "/v1/datasets/%ff%fe"),
+        ("POST", "/v1/datasets/%ff%fe/examples"),
+        ("GET", "/v1/experiments/%ff%fe"),
+        ("DELETE", "/v1/experiments/%ff%fe"),
+        ("POST", "/v1/experiments/%ff%fe/stop"),
+        ("POST", "/v1/experiments/%ff%fe/resume"),
+        ("POST", "/v1/experiments/%c3%28/evaluators"),
+        ("GET", "/v1/experiments/%ff/runs"),
+        ("GET", "/v1/experiments/%ff/runs.jsonl"),
+        ("GET", "/v1/experiments/%ff/logs"),
+        ("GET", "/v1/experiments/%ff/events"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, content_type, problem) = f.call(request).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path}: {problem}"
+        );
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "{method} {path}: {problem}"
+        );
+        assert_eq!(problem["status"], 400, "{problem}");
+    }
     f.shutdown().await;
 }
 

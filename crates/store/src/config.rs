@@ -54,6 +54,15 @@ pub struct StoreConfig {
     pub auto_migrate: bool,
 }
 
+/// Most pool connections (far above any database's own limit).
+const MAX_CONNECTIONS: u32 = 10_000;
+/// Longest `acquire_timeout` or `busy_timeout`.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Most writes queued for the batch writers.
+const MAX_QUEUE: usize = 1_000_000;
+/// Most batch writer tasks.
+const MAX_WRITERS: usize = 64;
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -80,7 +89,11 @@ impl StoreConfig {
         }
     }
 
-    /// Checks every value; the error names the offending key.
+    /// Checks every value; the error names the offending key. Upper bounds
+    /// keep absurd values from panicking further down (a huge `batch_queue`
+    /// or `max_connections` is allocated up front, SQLite takes its busy
+    /// timeout in 32-bit milliseconds, and a wait near `u64::MAX` seconds
+    /// overflows the clock).
     pub fn validate(&self) -> Result<(), StoreError> {
         fn bad(key: &'static str, message: impl Into<String>) -> Result<(), StoreError> {
             Err(StoreError::Config {
@@ -97,14 +110,23 @@ impl StoreConfig {
                 ),
             );
         }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1");
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return bad(
+                "max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            );
         }
         if self.min_connections > self.max_connections {
             return bad("min_connections", "must not exceed max_connections");
         }
-        if self.acquire_timeout.is_zero() {
-            return bad("acquire_timeout", "must be greater than zero");
+        if self.acquire_timeout.is_zero() || self.acquire_timeout > MAX_WAIT {
+            return bad(
+                "acquire_timeout",
+                "must be greater than zero and at most 24h",
+            );
+        }
+        if self.busy_timeout > MAX_WAIT {
+            return bad("busy_timeout", "must be at most 24h");
         }
         if !(1..=1000).contains(&self.batch_size) {
             return bad("batch_size", "must be between 1 and 1000");
@@ -115,11 +137,17 @@ impl StoreConfig {
                 "must be at most 1s (a few milliseconds is typical)",
             );
         }
-        if self.batch_queue < self.batch_size {
-            return bad("batch_queue", "must be at least batch_size");
+        if self.batch_queue < self.batch_size || self.batch_queue > MAX_QUEUE {
+            return bad(
+                "batch_queue",
+                format!("must be at least batch_size and at most {MAX_QUEUE}"),
+            );
         }
-        if self.batch_writers == 0 {
-            return bad("batch_writers", "must be at least 1");
+        if !(1..=MAX_WRITERS).contains(&self.batch_writers) {
+            return bad(
+                "batch_writers",
+                format!("must be between 1 and {MAX_WRITERS}"),
+            );
         }
         Ok(())
     }
@@ -180,6 +208,57 @@ mod tests {
             ..StoreConfig::default()
         };
         assert_eq!(key(c), "batch_queue");
+    }
+
+    /// Regression (found by `cargo xtask chaos`'s configuration fuzzing):
+    /// these values were accepted and then panicked or aborted at start.
+    #[test]
+    fn absurdly_large_values_are_refused_naming_the_key() {
+        let key = |c: StoreConfig| match c.validate() {
+            Err(StoreError::Config { key, .. }) => key,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let huge = Duration::from_secs(i64::MAX as u64);
+        let base = StoreConfig::default;
+        for (c, k) in [
+            (
+                StoreConfig {
+                    batch_queue: usize::MAX,
+                    ..base()
+                },
+                "batch_queue",
+            ),
+            (
+                StoreConfig {
+                    max_connections: u32::MAX,
+                    ..base()
+                },
+                "max_connections",
+            ),
+            (
+                StoreConfig {
+                    acquire_timeout: huge,
+                    ..base()
+                },
+                "acquire_timeout",
+            ),
+            (
+                StoreConfig {
+                    busy_timeout: huge,
+                    ..base()
+                },
+                "busy_timeout",
+            ),
+            (
+                StoreConfig {
+                    batch_writers: 1 << 40,
+                    ..base()
+                },
+                "batch_writers",
+            ),
+        ] {
+            assert_eq!(key(c), k);
+        }
     }
 
     #[test]

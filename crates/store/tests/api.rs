@@ -358,12 +358,79 @@ async fn advisor_state_is_saved_and_reloaded(kind: DatabaseKind) {
     .await;
 }
 
+/// Regression (found by `cargo xtask chaos`): PostgreSQL `text` cannot hold
+/// a NUL character, so a provider reply, error or log message containing one
+/// failed to be written — and was written again on every resume. Provider
+/// text is stored with NUL replaced by U+FFFD on both databases.
+async fn provider_text_with_nul_characters_is_stored(kind: DatabaseKind) {
+    with_temp_db(kind, async |temp| {
+        let db = connect(temp.url()).await;
+        let (x, ids) = seed(&db, 2, 1, &["judge"]).await;
+        let claim = match db.start(x, &ReplicaId::new("replica-a")).await.unwrap() {
+            Transition::Done(c) => c,
+            other => panic!("{other:?}"),
+        };
+        let plan = db.load_plan(x).await.unwrap();
+        let mut ok = run(ids[0], 0, true);
+        ok.output = Some("an\0swer".into());
+        let Write::Accepted(w) = db.record_run(&claim, ok).await.unwrap() else {
+            panic!("fenced")
+        };
+        let mut failed = run(ids[1], 0, false);
+        failed.error = Some("HTTP 500: \0\0 broken".into());
+        assert!(matches!(
+            db.record_run(&claim, failed).await.unwrap(),
+            Write::Accepted(_)
+        ));
+        let note = AnnotationRecord {
+            key: EvalKey {
+                run: w.id,
+                evaluator: plan.evaluators[0].id,
+            },
+            label: Some("CORRECT".into()),
+            score: None,
+            explanation: Some("because\0".into()),
+            error: None,
+            attempts: 1,
+            latency_ms: 1,
+            usage: None,
+        };
+        assert_eq!(
+            db.record_annotation(&claim, note).await.unwrap(),
+            Write::Accepted(())
+        );
+        db.log(x, LogLevel::Error, "provider said \0".into())
+            .await
+            .unwrap();
+        let end = runnel_core::Finish::Error("last error: \0".into());
+        assert!(Store::finish(&db, &claim, &end).await.unwrap());
+
+        let page = db.runs_page(x, None, 10).await.unwrap();
+        assert_eq!(page.items[0].output.as_deref(), Some("an\u{fffd}swer"));
+        assert_eq!(
+            page.items[0].annotations[0].explanation.as_deref(),
+            Some("because\u{fffd}")
+        );
+        assert_eq!(
+            page.items[1].error.as_deref(),
+            Some("HTTP 500: \u{fffd}\u{fffd} broken")
+        );
+        let logs = db.logs(x, None, 10).await.unwrap();
+        assert_eq!(logs[0].message, "provider said \u{fffd}");
+        let view = db.experiment(x).await.unwrap();
+        assert_eq!(view.last_error.as_deref(), Some("last error: \u{fffd}"));
+        db.close().await;
+    })
+    .await;
+}
+
 on_both_databases!(
     datasets_are_imported_whole_and_counted,
     experiments_report_progress_from_their_results,
     experiments_are_validated_and_evaluators_attached,
     logs_are_listed_newest_first_in_pages,
     advisor_state_is_saved_and_reloaded,
+    provider_text_with_nul_characters_is_stored,
 );
 
 #[tokio::test]
@@ -425,6 +492,35 @@ async fn an_in_memory_database_works_for_quick_experiments() {
             .starts_with("replica-")
     );
     db.close().await;
+}
+
+/// Regression (found by `cargo xtask chaos`): with another process holding
+/// the SQLite write lock, reads still work in WAL mode, so readiness said
+/// ready while every result write waited and failed.
+#[tokio::test]
+async fn a_sqlite_file_locked_by_another_writer_is_not_ready() {
+    use sqlx::Connection;
+    with_temp_db(DatabaseKind::Sqlite, async |temp| {
+        let config = StoreConfig {
+            busy_timeout: Duration::from_millis(200),
+            ..StoreConfig::for_url(temp.url())
+        };
+        let db = Db::connect(&config).await.unwrap();
+        db.ready().await.unwrap();
+        let mut other = sqlx::SqliteConnection::connect(temp.url()).await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let err = db.ready().await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        // Reads still work meanwhile.
+        assert!(db.datasets().await.unwrap().is_empty());
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        db.ready().await.unwrap();
+        db.close().await;
+    })
+    .await;
 }
 
 #[tokio::test]

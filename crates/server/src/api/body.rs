@@ -74,6 +74,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Ap
             "the {what} is empty; send a JSON object"
         )));
     }
+    // Every body and line this reads is an object. serde's derived structs
+    // also accept an array of their fields in order (`[[]]` is an append of
+    // nothing); the API does not take positional bodies.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        let shape = match first {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b'n') => "null",
+            Some(b't' | b'f') => "a boolean",
+            _ => "a number",
+        };
+        return Err(ApiError::BadRequest(format!(
+            "the {what} must be a JSON object, not {shape}"
+        )));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -103,6 +119,31 @@ where
         }
         let bytes = read_bytes(req, state.config.server.body_limit_bytes).await?;
         parse_json(&bytes, "request body").map(JsonBody)
+    }
+}
+
+/// The `{id}` of a path, as text. A path axum cannot decode (a
+/// percent-encoded id that is not UTF-8) is a 400 problem document, not
+/// axum's plain-text rejection.
+#[derive(Debug)]
+pub struct PathId(pub String);
+
+impl<S> FromRequestParts<S> for PathId
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|rejection| {
+                ApiError::BadRequest(format!(
+                    "the request path is invalid: {}",
+                    rejection.body_text()
+                ))
+            })
     }
 }
 
@@ -185,7 +226,6 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Outer {
-        #[allow(dead_code)]
         items: Vec<Inner>,
     }
 
@@ -204,6 +244,28 @@ mod tests {
         assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
         let err = parse_json::<Outer>(b"  ", "body").unwrap_err();
         assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
+    }
+
+    /// Regression: serde's derived structs take an array of their fields in
+    /// order, so `[[]]` was accepted as `{"items": []}`.
+    #[test]
+    fn bodies_must_be_objects_not_positional_arrays() {
+        for body in [
+            &b"[[]]"[..],
+            b" [[{\"n\": 1}]]",
+            b"5",
+            b"\"x\"",
+            b"null",
+            b"true",
+        ] {
+            let err = parse_json::<Outer>(body, "body").unwrap_err();
+            assert!(
+                matches!(&err, ApiError::BadRequest(m) if m.contains("must be a JSON object")),
+                "{err:?}"
+            );
+        }
+        let ok = parse_json::<Outer>(b" \n{\"items\": []}", "body").unwrap();
+        assert!(ok.items.is_empty());
     }
 
     #[test]

@@ -1,55 +1,75 @@
 //! `/v1/datasets`: create (JSON or NDJSON), append examples, list, get.
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 
-use super::body::{BodyKind, Query, body_kind, parse_json, read_bytes};
+use super::body::{BodyKind, PathId, Query, body_kind, parse_json, read_bytes};
 use super::error::{ApiError, Problem};
 use super::types::{
     AppendExamples, CreateDataset, DatasetOut, DatasetQuery, ExampleCount, ExampleIn,
 };
 use super::validate;
 use crate::state::AppState;
+use runnel_store::NewExample;
 
-/// Reads NDJSON examples: one JSON object per line, blank lines skipped. An
-/// error names the line.
-fn ndjson_examples(bytes: &[u8]) -> Result<Vec<ExampleIn>, ApiError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8: {e}")))?;
+/// Reads and checks NDJSON examples: one JSON object per line, blank lines
+/// skipped. Every error names its line: a line that is not UTF-8, not JSON,
+/// of the wrong shape, or an example that fails validation.
+fn ndjson_examples(bytes: &[u8]) -> Result<Vec<NewExample>, ApiError> {
     let mut examples = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let number = n + 1;
+        let index = examples.len();
+        let line = std::str::from_utf8(line).map_err(|e| {
+            ApiError::invalid(
+                format!("examples[{index}]"),
+                format!("line {number}: not valid UTF-8 ({e})"),
+            )
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let index = examples.len();
-        let example = parse_json::<ExampleIn>(line.as_bytes(), "line").map_err(|e| match e {
-            ApiError::Validation { field, detail } => ApiError::invalid(
-                format!("examples[{index}].{field}"),
-                format!("line {}: {detail}", n + 1),
-            ),
+        let at_line = |e: ApiError| match e {
+            ApiError::Validation { field, detail } => {
+                let field = if field.starts_with("examples[") {
+                    field
+                } else {
+                    format!("examples[{index}].{field}")
+                };
+                ApiError::invalid(field, format!("line {number}: {detail}"))
+            }
             other => ApiError::invalid(
                 format!("examples[{index}]"),
-                format!("line {}: {other}", n + 1),
+                format!("line {number}: {other}"),
             ),
-        })?;
+        };
+        let example = parse_json::<ExampleIn>(line.as_bytes(), "line").map_err(at_line)?;
+        let example = validate::example(example, &format!("examples[{index}]")).map_err(at_line)?;
         examples.push(example);
     }
     Ok(examples)
 }
 
-/// Reads the examples of a create or append body, in either form.
+/// Reads the examples of a create or append body, in either form, checked.
+/// Returns the name of a JSON create body too.
 async fn read_examples(
     state: &AppState,
     request: Request,
-) -> Result<(BodyKind, Option<String>, Vec<ExampleIn>), ApiError> {
+    append: bool,
+) -> Result<(BodyKind, Option<String>, Vec<NewExample>), ApiError> {
     let kind = body_kind(request.headers())?;
     let bytes = read_bytes(request, state.config.server.body_limit_bytes).await?;
     match kind {
         BodyKind::Ndjson => Ok((kind, None, ndjson_examples(&bytes)?)),
+        BodyKind::Json if append => {
+            let body: AppendExamples = parse_json(&bytes, "request body")?;
+            Ok((kind, None, validate::examples(body.examples, "examples")?))
+        }
         BodyKind::Json => {
             let body: CreateDataset = parse_json(&bytes, "request body")?;
-            Ok((kind, Some(body.name), body.examples))
+            let examples = validate::examples(body.examples, "examples")?;
+            Ok((kind, Some(body.name), examples))
         }
     }
 }
@@ -69,7 +89,7 @@ pub async fn create(
     Query(query): Query<DatasetQuery>,
     request: Request,
 ) -> Result<(StatusCode, Json<DatasetOut>), ApiError> {
-    let (kind, body_name, examples) = read_examples(&state, request).await?;
+    let (kind, body_name, examples) = read_examples(&state, request, false).await?;
     let name = match (kind, body_name, query.name) {
         (BodyKind::Json, Some(name), _) => validate::name("name", &name)?,
         (_, _, Some(name)) => validate::name("name", &name)?,
@@ -80,7 +100,6 @@ pub async fn create(
             ));
         }
     };
-    let examples = validate::examples(examples, "examples")?;
     let info = state.db.create_dataset(&name, &examples).await?;
     Ok((StatusCode::CREATED, Json(info.into())))
 }
@@ -94,17 +113,11 @@ pub async fn create(
         (status = 400, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
 pub async fn append(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     request: Request,
 ) -> Result<Json<ExampleCount>, ApiError> {
     let id = validate::dataset_id(&id)?;
-    let kind = body_kind(request.headers())?;
-    let bytes = read_bytes(request, state.config.server.body_limit_bytes).await?;
-    let examples = match kind {
-        BodyKind::Ndjson => ndjson_examples(&bytes)?,
-        BodyKind::Json => parse_json::<AppendExamples>(&bytes, "request body")?.examples,
-    };
-    let examples = validate::examples(examples, "examples")?;
+    let (_, _, examples) = read_examples(&state, request, true).await?;
     let example_count = state.db.append_examples(id, &examples).await?;
     Ok(Json(ExampleCount { example_count }))
 }
@@ -123,7 +136,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetOut>>
     responses((status = 200, body = DatasetOut), (status = 404, body = Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<DatasetOut>, ApiError> {
     let id = validate::dataset_id(&id)?;
     Ok(Json(state.db.dataset(id).await?.into()))
@@ -137,6 +150,8 @@ mod tests {
     fn ndjson_errors_name_the_line_and_field() {
         let ok = ndjson_examples(b"{\"input\": {\"a\": 1}}\n\n{\"input\": {\"a\": 2}}\n").unwrap();
         assert_eq!(ok.len(), 2);
+        let ok = ndjson_examples(b"{\"input\": {}}\r\n{\"input\": {}}").unwrap();
+        assert_eq!(ok.len(), 2, "CRLF and a last line without a newline");
         let err = ndjson_examples(b"{\"input\": {}}\n{\"input\": {}, \"x\": 1}\n").unwrap_err();
         let ApiError::Validation { field, detail } = err else {
             panic!("expected a validation error")
@@ -145,5 +160,32 @@ mod tests {
         assert!(detail.starts_with("line 2:"), "{detail}");
         let err = ndjson_examples(b"{\"input\": {}}\nnot json\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    /// Regression: a line that is valid JSON but not a valid example, and a
+    /// line that is not UTF-8, were reported without their line number.
+    #[test]
+    fn every_kind_of_bad_line_is_named() {
+        let good = "{\"input\": {\"a\": 1}}\n";
+        let bad: [&[u8]; 6] = [
+            b"{\"input\": [1, 2]}",
+            b"{\"input\": {}, \"metadata\": 7}",
+            b"[1, 2, 3]",
+            b"{\"input\": {\"q\": \"\xff\xfe\"}}",
+            b"\xc3\x28",
+            b"{\"input\": {\"q\": 1}",
+        ];
+        for line in bad {
+            let mut body = good.repeat(4).into_bytes();
+            body.extend_from_slice(line);
+            body.push(b'\n');
+            body.extend_from_slice(good.as_bytes());
+            let err = ndjson_examples(&body).unwrap_err();
+            let ApiError::Validation { field, detail } = &err else {
+                panic!("{err:?}")
+            };
+            assert!(detail.starts_with("line 5:"), "{detail}");
+            assert!(field.starts_with("examples[4]"), "{field}");
+        }
     }
 }

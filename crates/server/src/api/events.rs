@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use runnel_core::{EngineEvent, ExperimentId, ExperimentStatus};
@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::body::PathId;
 use super::error::{ApiError, Problem};
 use super::types::ProgressOut;
 use super::validate;
@@ -32,7 +33,7 @@ const STATUS_POLL: Duration = Duration::from_secs(1);
     responses((status = 200, content_type = "text/event-stream", description = "events: progress, run, chunk, status, error"), (status = 404, body = Problem)))]
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = validate::experiment_id(&id)?;
     // Subscribe before reading the state, so nothing falls between the two.

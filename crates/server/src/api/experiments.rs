@@ -2,12 +2,12 @@
 //! delete.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use runnel_core::ExperimentStatus;
 use runnel_store::ExperimentFilter;
 
-use super::body::{JsonBody, Query};
+use super::body::{JsonBody, PathId, Query};
 use super::error::{ApiError, Problem};
 use super::types::{
     CreateExperiment, CreatedExperiment, EvaluatorIn, EvaluatorOut, ExperimentOut,
@@ -78,7 +78,7 @@ pub async fn list(
     responses((status = 200, body = ExperimentOut), (status = 404, body = Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ExperimentOut>, ApiError> {
     let id = validate::experiment_id(&id)?;
     Ok(Json(state.db.experiment(id).await?.into()))
@@ -91,7 +91,7 @@ pub async fn get(
     responses((status = 200, body = StatusOut), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn stop(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<StatusOut>, ApiError> {
     let id = validate::experiment_id(&id)?;
     let status = lifecycle::stop(&state, id).await?;
@@ -108,7 +108,7 @@ pub async fn stop(
     responses((status = 200, body = StatusOut), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn resume(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<StatusOut>, ApiError> {
     let id = validate::experiment_id(&id)?;
     let status = lifecycle::resume(&state, id).await?;
@@ -124,7 +124,7 @@ pub async fn resume(
     responses((status = 201, body = EvaluatorOut), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn attach_evaluator(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(req): JsonBody<EvaluatorIn>,
 ) -> Result<(StatusCode, Json<EvaluatorOut>), ApiError> {
     let id = validate::experiment_id(&id)?;
@@ -153,7 +153,7 @@ pub async fn attach_evaluator(
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let id = validate::experiment_id(&id)?;
     lifecycle::delete(&state, id).await?;

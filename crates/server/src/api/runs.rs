@@ -3,13 +3,13 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use runnel_core::RunId;
 
-use super::body::Query;
+use super::body::{PathId, Query};
 use super::error::{ApiError, Problem};
 use super::types::{LogOut, LogsQuery, RunOut, RunsPageOut, RunsQuery};
 use super::validate;
@@ -34,7 +34,7 @@ fn limit(field: &str, text: Option<&str>) -> Result<usize, ApiError> {
     responses((status = 200, body = RunsPageOut), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn page(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(query): Query<RunsQuery>,
 ) -> Result<Json<RunsPageOut>, ApiError> {
     let id = validate::experiment_id(&id)?;
@@ -62,7 +62,7 @@ pub async fn page(
     responses((status = 200, content_type = "application/x-ndjson", body = RunOut), (status = 404, body = Problem)))]
 pub async fn jsonl(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let id = validate::experiment_id(&id)?;
     state.db.experiment(id).await?;
@@ -91,7 +91,7 @@ pub async fn jsonl(
     responses((status = 200, body = Vec<LogOut>), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<Vec<LogOut>>, ApiError> {
     let id = validate::experiment_id(&id)?;

@@ -160,6 +160,22 @@ pub async fn sample(state: &AppState, dataset: DatasetId) -> Result<Vec<ExampleD
         .collect())
 }
 
+/// Checks a model name: not empty, no control characters (a model name
+/// becomes part of a rate-limit key, which the database stores as text: a NUL
+/// there made saving the learned rates fail on PostgreSQL).
+fn model(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one evaluator.
 pub fn evaluator(
     state: &AppState,
@@ -169,12 +185,7 @@ pub fn evaluator(
 ) -> Result<NewEvaluator, ApiError> {
     let name = name(&format!("{field}.name"), &e.name)?;
     provider(state, &format!("{field}.provider"), &e.provider)?;
-    if e.model.trim().is_empty() {
-        return Err(ApiError::invalid(
-            format!("{field}.model"),
-            "must not be empty",
-        ));
-    }
+    model(&format!("{field}.model"), &e.model)?;
     let msgs = messages(&e.messages);
     templates(&format!("{field}.messages"), &msgs, true, sample)?;
     let labels = e.labels.unwrap_or_default();
@@ -249,9 +260,7 @@ pub fn experiment_with_sample(
         }
     };
     provider(state, "task.provider", &req.task.provider)?;
-    if req.task.model.trim().is_empty() {
-        return Err(ApiError::invalid("task.model", "must not be empty"));
-    }
+    model("task.model", &req.task.model)?;
     let task_messages = messages(&req.task.messages);
     templates("task.messages", &task_messages, false, sample)?;
     let mut names = HashSet::new();

@@ -626,7 +626,11 @@ where
         Ok(())
     }
 
-    /// Readiness: the database answers and every migration is applied.
+    /// Readiness: the database answers, every migration is applied, and a
+    /// write transaction can begin. On SQLite (WAL) another process holding
+    /// the write lock leaves reads working while every result write waits and
+    /// fails: opening a write transaction (within `busy_timeout`) is what
+    /// tells. It is rolled back at once.
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
         if self.migrations_pending().await? {
             return Err(StoreError::MigrationsPending {
@@ -634,6 +638,7 @@ where
                 known: Self::known_migration(),
             });
         }
-        Ok(())
+        let tx = self.begin_write().await?;
+        tx.rollback().await.map_err(Self::err)
     }
 }

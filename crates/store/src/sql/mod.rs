@@ -339,7 +339,7 @@ where
     pub(crate) async fn finish(&self, claim: &Claim, end: &Finish) -> Result<bool, StoreError> {
         let (status, error) = match end {
             Finish::Completed => (ExperimentStatus::Completed, None),
-            Finish::Error(message) => (ExperimentStatus::Error, Some(message.clone())),
+            Finish::Error(message) => (ExperimentStatus::Error, Some(clean(message))),
         };
         let row = Self::q(DB::sql().finish)
             .bind(claim.experiment.0)
@@ -849,8 +849,8 @@ where
                 .bind(r.key.example.0)
                 .bind(i64::from(r.key.repetition))
                 .bind(r.error.is_none())
-                .bind(r.output.clone())
-                .bind(r.error.clone())
+                .bind(text(&r.output))
+                .bind(text(&r.error))
                 .bind(i64::from(r.attempts))
                 .bind(to_i64(r.latency_ms))
                 .bind(to_i64(r.total_latency_ms))
@@ -925,10 +925,10 @@ where
                 .bind(a.key.run.0)
                 .bind(a.key.evaluator.0)
                 .bind(a.error.is_none())
-                .bind(a.label.clone())
+                .bind(text(&a.label))
                 .bind(a.score.filter(|s| s.is_finite()))
-                .bind(a.explanation.clone())
-                .bind(a.error.clone())
+                .bind(text(&a.explanation))
+                .bind(text(&a.error))
                 .bind(i64::from(a.attempts))
                 .bind(to_i64(a.latency_ms))
                 .bind(a.usage.map(|u| to_i64(u.prompt_tokens)))
@@ -979,7 +979,7 @@ where
         let row = Self::q(DB::sql().log)
             .bind(id.0)
             .bind(level.as_str().to_owned())
-            .bind(message.to_owned())
+            .bind(clean(message))
             .fetch_optional(&self.pool)
             .await
             .map_err(Self::err)?;
@@ -1029,6 +1029,19 @@ impl<DB: sqlx::Database> SqlStore<DB> {
 
 fn mismatch() -> StoreError {
     StoreError::Database("the batch writer answered a different kind of write".into())
+}
+
+/// Text from outside (a provider's reply or error, a log message) as the
+/// database can store it: PostgreSQL `text` cannot hold NUL, so every NUL
+/// becomes U+FFFD — on both databases, so they store the same thing. Without
+/// this one reply with a NUL failed its whole write batch, every time.
+fn clean(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
+/// [`clean`] of an optional text.
+fn text(value: &Option<String>) -> Option<String> {
+    value.as_deref().map(clean)
 }
 
 #[cfg(test)]
