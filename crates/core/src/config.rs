@@ -205,7 +205,7 @@ pub mod duration {
     }
 
     fn from_secs(seconds: f64) -> Option<Duration> {
-        (seconds.is_finite() && (0.0..1.0e12).contains(&seconds))
+        (seconds.is_finite() && (0.0..=1.0e12).contains(&seconds))
             .then(|| Duration::from_secs_f64(seconds))
     }
 
@@ -237,12 +237,15 @@ pub mod duration {
                 parse(v).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                Ok(Duration::from_secs(v))
+                from_secs(v as f64)
+                    .ok_or_else(|| E::custom("a duration must be at most 10^12 seconds"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                u64::try_from(v)
-                    .map(Duration::from_secs)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                if v < 0 {
+                    return Err(E::custom("a duration cannot be negative"));
+                }
+                from_secs(v as f64)
+                    .ok_or_else(|| E::custom("a duration must be at most 10^12 seconds"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
                 from_secs(v).ok_or_else(|| E::custom("a duration must be a positive finite number"))
@@ -300,6 +303,10 @@ mod tests {
         assert!(err.to_string().contains("leese"));
         let err = serde_json::from_str::<Config>(r#"{"lease": -3}"#).unwrap_err();
         assert!(err.to_string().contains("negative"));
+        // Values that would overflow an Instant later are refused here.
+        let err = serde_json::from_str::<Config>(r#"{"shutdown_grace": 18446744073709551615}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
     }
 
     #[test]

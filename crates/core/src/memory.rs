@@ -71,6 +71,20 @@ pub struct StoredAnnotation {
     pub epoch: Epoch,
 }
 
+/// Text as the SQL stores keep it: PostgreSQL cannot hold NUL, so both
+/// replace it with U+FFFD; the fake does the same to stay faithful.
+fn clean(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
+fn clean_opt(text: &mut Option<String>) {
+    if let Some(t) = text.as_mut()
+        && t.contains('\0')
+    {
+        *t = clean(t);
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     next_id: i64,
@@ -431,7 +445,7 @@ impl Store for MemoryStore {
             }
             Finish::Error(msg) => {
                 row.status = ExperimentStatus::Error;
-                row.last_error = Some(msg.clone());
+                row.last_error = Some(clean(msg));
             }
         }
         Ok(true)
@@ -555,8 +569,14 @@ impl Store for MemoryStore {
         Ok(page)
     }
 
-    async fn record_run(&self, claim: &Claim, record: RunRecord) -> Result<Write<RunWrite>, Error> {
+    async fn record_run(
+        &self,
+        claim: &Claim,
+        mut record: RunRecord,
+    ) -> Result<Write<RunWrite>, Error> {
         self.check()?;
+        clean_opt(&mut record.output);
+        clean_opt(&mut record.error);
         let mut inner = self.lock();
         if !inner.fence_ok(claim) {
             self.fenced.fetch_add(1, Ordering::SeqCst);
@@ -610,9 +630,12 @@ impl Store for MemoryStore {
     async fn record_annotation(
         &self,
         claim: &Claim,
-        record: AnnotationRecord,
+        mut record: AnnotationRecord,
     ) -> Result<Write<()>, Error> {
         self.check()?;
+        clean_opt(&mut record.label);
+        clean_opt(&mut record.explanation);
+        clean_opt(&mut record.error);
         let mut inner = self.lock();
         if !inner.fence_ok(claim) {
             self.fenced.fetch_add(1, Ordering::SeqCst);
@@ -657,7 +680,7 @@ impl Store for MemoryStore {
         if !inner.experiments.contains_key(&experiment) {
             return Err(Error::NotFound(experiment));
         }
-        inner.logs.push((experiment, level, message));
+        inner.logs.push((experiment, level, clean(&message)));
         Ok(())
     }
 }

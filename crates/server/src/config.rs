@@ -21,12 +21,6 @@ use runnel_store::StoreConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The longest duration a key may hold: the range the duration text form
-/// accepts (`runnel_core::config::duration`). A duration written as an
-/// integer number of seconds was not held to it, and a value near `i64::MAX`
-/// overflowed the clock (`scheduler.shutdown_grace`: a panic on shutdown).
-const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000_000);
-
 /// Top-level sections a `RUNNEL_…` variable may address; others (for example
 /// `RUNNEL_TEST_POSTGRES_URL`) are not configuration and are ignored.
 const SECTIONS: &[&str] = &[
@@ -404,14 +398,6 @@ impl RunnelConfig {
                 "must be an http:// or https:// URL",
             ));
         }
-        for (key, value) in self.durations() {
-            if value > MAX_DURATION {
-                return Err(ConfigError::new(
-                    key,
-                    "is out of range (at most 1000000000000 seconds)",
-                ));
-            }
-        }
         if !self.server.bind.ip().is_loopback()
             && self.auth.api_keys.is_empty()
             && !self.auth.allow_unauthenticated
@@ -426,45 +412,6 @@ impl RunnelConfig {
             ));
         }
         Ok(())
-    }
-
-    /// Every duration of the configuration, with its key.
-    fn durations(&self) -> Vec<(String, Duration)> {
-        let s = &self.scheduler;
-        let a = &self.advisor;
-        let mut all: Vec<(String, Duration)> = [
-            ("scheduler.backoff_base", s.backoff_base),
-            ("scheduler.backoff_max", s.backoff_max),
-            ("scheduler.task_timeout", s.task_timeout),
-            ("scheduler.eval_timeout", s.eval_timeout),
-            ("scheduler.lease", s.lease),
-            ("scheduler.cooldown", s.cooldown),
-            ("scheduler.breaker_give_up", s.breaker_give_up),
-            ("scheduler.shutdown_grace", s.shutdown_grace),
-            ("scheduler.store_retry_base", s.store_retry_base),
-            ("scheduler.store_retry_max", s.store_retry_max),
-            ("scheduler.store_write_give_up", s.store_write_give_up),
-            ("advisor.breaker_cooldown", a.breaker_cooldown),
-            ("advisor.probe_timeout", a.probe_timeout),
-            ("advisor.decrease_window", a.decrease_window),
-            ("advisor.recovery_time", a.recovery_time),
-            (
-                "server.rate_state_interval",
-                self.server.rate_state_interval,
-            ),
-            ("server.progress_interval", self.server.progress_interval),
-            ("otel.metrics_interval", self.otel.metrics_interval),
-        ]
-        .into_iter()
-        .map(|(k, d)| (k.to_owned(), d))
-        .collect();
-        for (name, section) in &self.providers {
-            all.push((
-                format!("providers.{name}.connect_timeout"),
-                section.entry.connect_timeout,
-            ));
-        }
-        all
     }
 
     /// The provider clients' settings derived from the scheduler's timeouts.
@@ -632,11 +579,25 @@ pub fn split_provider(
             "missing (openai, azure, anthropic, gemini, openai_compatible, local, …)",
         ));
     }
-    let entry: ProviderEntry = serde_json::from_value(Value::Object(entry))
-        .map_err(|e| ConfigError::new(format!("providers.{name}"), e.to_string()))?;
-    let limits: ProviderLimits = serde_json::from_value(Value::Object(limits))
-        .map_err(|e| ConfigError::new(format!("providers.{name}"), e.to_string()))?;
+    let entry: ProviderEntry = from_table(name, entry)?;
+    let limits: ProviderLimits = from_table(name, limits)?;
     Ok(ProviderSection { entry, limits })
+}
+
+/// Deserialises part of a `[providers.NAME]` table; an error names the key.
+fn from_table<T: serde::de::DeserializeOwned>(
+    name: &str,
+    table: Map<String, Value>,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(Value::Object(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            format!("providers.{name}")
+        } else {
+            format!("providers.{name}.{path}")
+        };
+        ConfigError::new(key, e.into_inner().to_string())
+    })
 }
 
 fn figment_error(error: figment::Error) -> ConfigError {
