@@ -95,26 +95,6 @@ async fn wait_http_ok(
     }
 }
 
-/// Sends SIGTERM (graceful shutdown) through the `kill` command.
-fn sigterm(pid: u32) -> Result<()> {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed");
-    }
-    Ok(())
-}
-
-/// Resident set size of a process, in bytes (Linux).
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Peak resident set size of a process since it started (`VmHWM`), in bytes
 /// (Linux).
 pub(crate) fn peak_rss_bytes(pid: u32) -> Option<u64> {
@@ -161,17 +141,6 @@ impl SimProcess {
         Ok(Self { child, url, client })
     }
 
-    /// `GET /stats`.
-    pub(crate) async fn stats(&self) -> Result<Value> {
-        Ok(self
-            .client
-            .get(format!("{}/stats", self.url))
-            .send()
-            .await?
-            .json()
-            .await?)
-    }
-
     /// `GET /stats`, typed.
     pub(crate) async fn snapshot(&self) -> Result<runnel_sim::StatsSnapshot> {
         let r = self
@@ -181,19 +150,6 @@ impl SimProcess {
             .await?
             .error_for_status()?;
         Ok(r.json().await?)
-    }
-
-    /// Waits until no request is in flight at the simulator (the calls of a
-    /// killed client have been answered or dropped), at most `within`.
-    pub(crate) async fn settle(&self, within: Duration) -> Result<runnel_sim::StatsSnapshot> {
-        let until = Instant::now() + within;
-        loop {
-            let stats = self.snapshot().await?;
-            if stats.concurrency.current == 0 || Instant::now() > until {
-                return Ok(stats);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// `POST /admin/config` with a partial config.
@@ -210,15 +166,6 @@ impl SimProcess {
                 r.text().await.unwrap_or_default()
             );
         }
-        Ok(())
-    }
-
-    /// `POST /admin/reset` (statistics).
-    pub(crate) async fn reset(&self) -> Result<()> {
-        self.client
-            .post(format!("{}/admin/reset", self.url))
-            .send()
-            .await?;
         Ok(())
     }
 }
@@ -316,25 +263,6 @@ impl ServerProcess {
     pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait for the exit (graceful shutdown), at most `within`.
-    pub(crate) fn terminate(&mut self, within: Duration) -> Result<()> {
-        sigterm(self.child.id())?;
-        let until = Instant::now() + within;
-        loop {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > until {
-                self.kill9();
-                bail!(
-                    "server {} did not exit within {within:?} of SIGTERM",
-                    self.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Starts the process again (same config, port and database).
@@ -624,27 +552,6 @@ impl Api {
         text.lines()
             .map(|l| serde_json::from_str(l).context("a runs.jsonl line"))
             .collect()
-    }
-
-    /// Polls until the experiment's status is `status` (or `deadline` passes).
-    pub(crate) async fn wait_status(
-        &self,
-        id: &str,
-        status: &str,
-        deadline: Duration,
-    ) -> Result<Value> {
-        let until = Instant::now() + deadline;
-        loop {
-            if let Ok(v) = self.get(id).await
-                && v["status"] == status
-            {
-                return Ok(v);
-            }
-            if Instant::now() > until {
-                bail!("experiment {id} did not reach {status} within {deadline:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 

@@ -17,7 +17,6 @@
 
 mod bench;
 mod chaos;
-#[allow(dead_code)] // parts are for the chaos command being built
 mod harness;
 mod postgres;
 
