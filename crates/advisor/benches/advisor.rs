@@ -8,15 +8,30 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use runnel_advisor::{Advisor, AdvisorConfig, ProviderLimits};
 use runnel_core::{Acquire, Advisor as _, Observation, OutcomeClass, RateKey};
 
 const KEYS: usize = 100;
-const CALLS: usize = 4_000_000;
-const RUNS: usize = 7;
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+/// binary without it, and then a small smoke run checks that it works.
+fn measuring() -> bool {
+    static MEASURING: OnceLock<bool> = OnceLock::new();
+    *MEASURING.get_or_init(|| std::env::args().any(|a| a == "--bench"))
+}
+
+/// Calls per run.
+fn calls() -> usize {
+    if measuring() { 4_000_000 } else { 20_000 }
+}
+
+/// Runs per figure.
+fn runs() -> usize {
+    if measuring() { 7 } else { 1 }
+}
 
 fn keys(provider: &str) -> Vec<RateKey> {
     (0..KEYS)
@@ -24,17 +39,18 @@ fn keys(provider: &str) -> Vec<RateKey> {
         .collect()
 }
 
-/// Calls per second of `f`, which makes `CALLS` calls.
+/// Calls per second of `f`, which makes `calls()` calls.
 fn measure(mut f: impl FnMut() -> u64) -> (f64, f64, f64) {
-    let mut rates: Vec<f64> = (0..RUNS)
+    let runs = runs();
+    let mut rates: Vec<f64> = (0..runs)
         .map(|_| {
             let start = Instant::now();
             black_box(f());
-            CALLS as f64 / start.elapsed().as_secs_f64()
+            calls() as f64 / start.elapsed().as_secs_f64()
         })
         .collect();
     rates.sort_by(f64::total_cmp);
-    (rates[RUNS / 2], rates[0], rates[RUNS - 1])
+    (rates[runs / 2], rates[0], rates[runs - 1])
 }
 
 fn report(name: &str, (median, min, max): (f64, f64, f64)) {
@@ -63,7 +79,8 @@ fn permit_path() -> u64 {
     let ok = Observation::of(OutcomeClass::Success);
     let mut permits = 0;
     let mut i = 0;
-    while i < CALLS {
+    let calls = calls();
+    while i < calls {
         let key = &keys[i % KEYS];
         let now = origin + Duration::from_micros(i as u64);
         if advisor.try_acquire(key, None, now) == Acquire::Permit {
@@ -83,7 +100,7 @@ fn wait_path() -> u64 {
     let keys = keys("default");
     let origin = Instant::now();
     let mut waits = 0;
-    for i in 0..CALLS {
+    for i in 0..calls() {
         let now = origin + Duration::from_micros(i as u64);
         if let Acquire::Wait { .. } = advisor.try_acquire(&keys[i % KEYS], None, now) {
             waits += 1;
@@ -97,7 +114,7 @@ fn baseline() -> u64 {
         Mutex::new(keys("base").into_iter().map(|k| (k, 0)).collect());
     let keys = keys("base");
     let mut sum = 0;
-    for i in 0..CALLS {
+    for i in 0..calls() {
         let mut guard = map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -110,8 +127,13 @@ fn baseline() -> u64 {
 }
 
 fn main() {
+    if !measuring() {
+        println!("runnel-advisor bench: smoke run (use `cargo bench` for figures)");
+    }
     println!(
-        "runnel-advisor: {CALLS} calls per run over {KEYS} keys, one thread, median of {RUNS} runs"
+        "runnel-advisor: {} calls per run over {KEYS} keys, one thread, median of {} runs",
+        calls(),
+        runs()
     );
     println!("(shared 2-core machine with other builds running: figures are noisy)");
     report("baseline: Mutex<HashMap> increment", measure(baseline));

@@ -282,10 +282,19 @@ fn measure(runs: usize, mut f: impl FnMut() -> f64) -> Figure {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it, and then a small smoke run checks that it works.
+    let measuring = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().any(|a| a == "--json");
-    let runs = if quick { 3 } else { 5 };
-    let scale: usize = if quick { 10 } else { 1 };
+    let (runs, scale): (usize, usize) = match (measuring, quick) {
+        (false, _) => (1, 100),
+        (true, true) => (3, 10),
+        (true, false) => (5, 1),
+    };
+    if !measuring {
+        println!("runnel-core bench: smoke run (use `cargo bench` for figures)");
+    }
 
     println!(
         "runnel-core benchmark ({} runs each, median [min–max])",

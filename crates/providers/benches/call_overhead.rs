@@ -25,8 +25,27 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const RUNS: usize = 5;
-const CALLS: usize = 2000;
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+/// binary without it, and then a small smoke run checks that it works.
+fn measuring() -> bool {
+    static MEASURING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MEASURING.get_or_init(|| std::env::args().any(|a| a == "--bench"))
+}
+
+/// Runs per figure.
+fn runs() -> usize {
+    if measuring() { 5 } else { 1 }
+}
+
+/// HTTP calls per run.
+fn calls() -> usize {
+    if measuring() { 2000 } else { 50 }
+}
+
+/// Pure-function operations per run.
+fn ops_per_run() -> usize {
+    if measuring() { 100_000 } else { 1_000 }
+}
 const CONCURRENCY: usize = 16;
 const STREAM_EVENTS: usize = 50;
 
@@ -154,7 +173,7 @@ fn task_job(stream: bool) -> Job {
     }
 }
 
-/// Runs `CALLS` calls of `one`, `CONCURRENCY` at a time; returns calls/s.
+/// Runs `calls()` calls of `one`, `CONCURRENCY` at a time; returns calls/s.
 async fn rate<F, Fut>(one: F) -> f64
 where
     F: Fn() -> Fut,
@@ -163,17 +182,17 @@ where
     let started = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut issued = 0;
-    while issued < CONCURRENCY.min(CALLS) {
+    while issued < CONCURRENCY.min(calls()) {
         pending.push(one());
         issued += 1;
     }
     while pending.next().await.is_some() {
-        if issued < CALLS {
+        if issued < calls() {
             pending.push(one());
             issued += 1;
         }
     }
-    CALLS as f64 / started.elapsed().as_secs_f64()
+    calls() as f64 / started.elapsed().as_secs_f64()
 }
 
 struct Stats {
@@ -233,16 +252,20 @@ async fn http(base: &str, providers: &Providers, stream: bool) {
     rate(&ours_one).await;
     let mut baseline = Vec::new();
     let mut ours = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs() {
         baseline.push(rate(&baseline_one).await);
         ours.push(rate(&ours_one).await);
     }
     let label = if stream {
         format!(
-            "HTTP, streamed reply of {STREAM_EVENTS} SSE events, {CALLS} calls x {CONCURRENCY} concurrent"
+            "HTTP, streamed reply of {STREAM_EVENTS} SSE events, {} calls x {CONCURRENCY} concurrent",
+            calls()
         )
     } else {
-        format!("HTTP, JSON reply, {CALLS} calls x {CONCURRENCY} concurrent")
+        format!(
+            "HTTP, JSON reply, {} calls x {CONCURRENCY} concurrent",
+            calls()
+        )
     };
     report(&label, "calls/s", stats(baseline), stats(ours));
 }
@@ -257,7 +280,7 @@ fn ops(n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn pure() {
-    const N: usize = 100_000;
+    let n = ops_per_run();
     let example = ExampleData {
         input: json!({"question": "What is 2 + 2?", "context": "x".repeat(300)}),
         expected: Some(json!("4")),
@@ -268,11 +291,11 @@ fn pure() {
     let q = example.input["question"].as_str().unwrap();
     let c = example.input["context"].as_str().unwrap();
     let (mut b, mut o) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        b.push(ops(N, || {
+    for _ in 0..runs() {
+        b.push(ops(n, || {
             black_box(format!("Question: {q}\nContext: {c}\nExpected: {}", "4"));
         }));
-        o.push(ops(N, || {
+        o.push(ops(n, || {
             black_box(template::render(black_box(text), &vars).unwrap());
         }));
     }
@@ -281,11 +304,11 @@ fn pure() {
     let labels = vec!["CORRECT".to_string(), "INCORRECT".to_string()];
     let reply = "The output says 4 and the reference says 4, so it matches.\nLabel: CORRECT";
     let (mut b, mut o) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        b.push(ops(N, || {
+    for _ in 0..runs() {
+        b.push(ops(n, || {
             black_box(black_box(reply).to_lowercase().contains("incorrect"));
         }));
-        o.push(ops(N, || {
+        o.push(ops(n, || {
             black_box(verdict::parse_verdict(black_box(reply), &labels).unwrap());
         }));
     }
@@ -302,11 +325,11 @@ fn pure() {
         "You can find your API key at https://platform.example/account/api-keys. ".repeat(5)
     );
     let (mut b, mut o) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        b.push(ops(N, || {
+    for _ in 0..runs() {
+        b.push(ops(n, || {
             black_box(black_box(&error).replace(key, "[REDACTED]"));
         }));
-        o.push(ops(N, || {
+        o.push(ops(n, || {
             black_box(redact::redact(black_box(&error), &[key]));
         }));
     }
@@ -319,10 +342,14 @@ fn pure() {
 }
 
 fn main() {
+    if !measuring() {
+        println!("call_overhead: smoke run (use `cargo bench` for figures)");
+    }
     println!(
-        "call_overhead: median of {RUNS} runs, min–max. Shared 2-core machine with other agents \
+        "call_overhead: median of {} runs, min–max. Shared 2-core machine with other agents \
          compiling at the same time: treat the absolute figures as noisy; the baseline is measured \
-         in the same run."
+         in the same run.",
+        runs()
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

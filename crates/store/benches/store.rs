@@ -32,6 +32,18 @@ use serde_json::json;
 const WRITERS: usize = 20;
 const PAGE: usize = 1000;
 
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+/// binary without it, and then a small smoke run checks that it works.
+fn measuring() -> bool {
+    static MEASURING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MEASURING.get_or_init(|| std::env::args().any(|a| a == "--bench"))
+}
+
+/// `measured` when measuring, `smoke` in a smoke run.
+fn size(measured: usize, smoke: usize) -> usize {
+    if measuring() { measured } else { smoke }
+}
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -126,7 +138,7 @@ async fn runs_per_second(db: &Arc<Db>, dataset: runnel_core::DatasetId, ids: &[E
 }
 
 async fn write_throughput(kind: DatabaseKind, url: &str, rounds: usize) {
-    let writes = env("RUNNEL_BENCH_WRITES", 10_000);
+    let writes = env("RUNNEL_BENCH_WRITES", size(10_000, 500));
     let defaults = StoreConfig::default();
     let config = StoreConfig {
         batch_window: Duration::from_micros(env(
@@ -238,9 +250,9 @@ async fn bulk_done(kind: DatabaseKind, url: &str, claim: &Claim, ids: &[ExampleI
 }
 
 async fn page_times(kind: DatabaseKind, url: &str, rounds: usize) {
-    let large = env("RUNNEL_BENCH_LARGE", 1_000_000);
+    let large = env("RUNNEL_BENCH_LARGE", size(1_000_000, 20_000));
     let db = Db::connect(&StoreConfig::for_url(url)).await.unwrap();
-    for size in [10_000, large] {
+    for size in [size(10_000, 5_000), large] {
         let build = Instant::now();
         let dataset = db.create_dataset("pages", &[]).await.unwrap();
         const CHUNK: usize = 20_000;
@@ -295,7 +307,12 @@ async fn page_times(kind: DatabaseKind, url: &str, rounds: usize) {
 }
 
 fn main() {
-    let rounds = env("RUNNEL_BENCH_ROUNDS", 5).max(5);
+    let rounds = if measuring() {
+        env("RUNNEL_BENCH_ROUNDS", 5).max(5)
+    } else {
+        println!("runnel-store bench: smoke run (use `cargo bench` for figures)");
+        1
+    };
     println!(
         "runnel-store benchmark: {rounds} rounds per figure; a shared 2-core machine where other \
          builds may be running, so compare figures within one run"
