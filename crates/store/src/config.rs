@@ -30,6 +30,10 @@ pub struct StoreConfig {
     /// unavailable. Default 10s.
     #[serde(with = "runnel_core::config::duration")]
     pub acquire_timeout: Duration,
+    /// How long the readiness check (`/readyz`) waits for the database before
+    /// reporting it unavailable. Default 2s.
+    #[serde(with = "runnel_core::config::duration")]
+    pub ready_timeout: Duration,
     /// SQLite only: how long a statement waits for another writer to finish
     /// before failing as unavailable. Default 5s.
     #[serde(with = "runnel_core::config::duration")]
@@ -70,6 +74,7 @@ impl Default for StoreConfig {
             max_connections: 10,
             min_connections: 0,
             acquire_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(2),
             busy_timeout: Duration::from_secs(5),
             batch_size: 64,
             batch_window: Duration::from_millis(2),
@@ -124,6 +129,9 @@ impl StoreConfig {
                 "acquire_timeout",
                 "must be greater than zero and at most 24h",
             );
+        }
+        if self.ready_timeout.is_zero() || self.ready_timeout > MAX_WAIT {
+            return bad("ready_timeout", "must be greater than zero and at most 24h");
         }
         if self.busy_timeout > MAX_WAIT {
             return bad("busy_timeout", "must be at most 24h");

@@ -79,6 +79,8 @@ pub struct Db {
     inner: Inner,
     /// The SQLite file, when the database is one.
     sqlite_file: Option<PathBuf>,
+    /// Longest wait of [`Db::ready`].
+    ready_timeout: Duration,
 }
 
 /// Runs `$body` with `$s` bound to the store of whichever database this is.
@@ -175,6 +177,7 @@ impl Db {
                 Ok(Self {
                     inner: Inner::Sqlite(core.into_store(limits(config, DatabaseKind::Sqlite))),
                     sqlite_file: file,
+                    ready_timeout: config.ready_timeout,
                 })
             }
             Some(DatabaseKind::Postgres) => {
@@ -195,6 +198,7 @@ impl Db {
                 Ok(Self {
                     inner: Inner::Postgres(core.into_store(limits(config, DatabaseKind::Postgres))),
                     sqlite_file: None,
+                    ready_timeout: config.ready_timeout,
                 })
             }
             // `validate` has refused any other URL.
@@ -235,9 +239,19 @@ impl Db {
         on!(self, s => s.core.fenced_writes())
     }
 
-    /// Readiness: the database answers and every migration is applied.
+    /// Readiness: the database answers, every migration is applied and a
+    /// write transaction can begin, all within `ready_timeout`. A database
+    /// that is down or locked is reported as unavailable after that long,
+    /// not after the pool's `acquire_timeout` or SQLite's `busy_timeout`.
     pub async fn ready(&self) -> Result<(), StoreError> {
-        on!(self, s => s.core.ready().await)
+        let check = async { on!(self, s => s.core.ready().await) };
+        match tokio::time::timeout(self.ready_timeout, check).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer the readiness check within {:?} (store ready_timeout)",
+                self.ready_timeout
+            ))),
+        }
     }
 
     /// Listens for stop/resume/delete announcements of other replicas.

@@ -494,12 +494,23 @@ async fn an_in_memory_database_works_for_quick_experiments() {
     db.close().await;
 }
 
+/// A second connection to the SQLite file at `url` holding its write lock
+/// (`BEGIN EXCLUSIVE`) until it runs `ROLLBACK`.
+async fn lock_exclusively(url: &str) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let mut other = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}
+
 /// Regression (found by `cargo xtask chaos`): with another process holding
 /// the SQLite write lock, reads still work in WAL mode, so readiness said
 /// ready while every result write waited and failed.
 #[tokio::test]
 async fn a_sqlite_file_locked_by_another_writer_is_not_ready() {
-    use sqlx::Connection;
     with_temp_db(DatabaseKind::Sqlite, async |temp| {
         let config = StoreConfig {
             busy_timeout: Duration::from_millis(200),
@@ -507,15 +518,40 @@ async fn a_sqlite_file_locked_by_another_writer_is_not_ready() {
         };
         let db = Db::connect(&config).await.unwrap();
         db.ready().await.unwrap();
-        let mut other = sqlx::SqliteConnection::connect(temp.url()).await.unwrap();
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut other)
-            .await
-            .unwrap();
+        let mut other = lock_exclusively(temp.url()).await;
         let err = db.ready().await.unwrap_err();
         assert!(err.is_retryable(), "{err}");
         // Reads still work meanwhile.
         assert!(db.datasets().await.unwrap().is_empty());
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        db.ready().await.unwrap();
+        db.close().await;
+    })
+    .await;
+}
+
+/// Readiness answers within `ready_timeout` even when the database would
+/// make a statement wait far longer: here SQLite's busy timeout is an hour,
+/// so an answer at all means the readiness bound cut the wait short.
+#[tokio::test]
+async fn readiness_answers_within_ready_timeout_when_the_database_hangs() {
+    with_temp_db(DatabaseKind::Sqlite, async |temp| {
+        let config = StoreConfig {
+            busy_timeout: Duration::from_secs(3600),
+            ready_timeout: Duration::from_millis(100),
+            ..StoreConfig::for_url(temp.url())
+        };
+        let db = Db::connect(&config).await.unwrap();
+        db.ready().await.unwrap();
+        let mut other = lock_exclusively(temp.url()).await;
+        let err = tokio::time::timeout(Duration::from_secs(60), db.ready())
+            .await
+            .expect("readiness waited a minute: ready_timeout did not bound it")
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("ready_timeout")),
+            "{err}"
+        );
         sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
         db.ready().await.unwrap();
         db.close().await;

@@ -20,7 +20,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database is reachable and its migrations are this binary's.
+/// The database is reachable and its migrations are this binary's; 503
+/// when it does not answer within the store's `ready_timeout`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready"), (status = 503, description = "Database unreachable")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
