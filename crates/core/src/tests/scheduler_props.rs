@@ -303,24 +303,36 @@ proptest! {
     }
 }
 
-/// An experiment whose needed key keeps its breaker open past
-/// `breaker_give_up` is set to ERROR naming the provider; the others go on.
-#[test]
-fn open_breaker_past_give_up_errors_the_experiment_only() {
+/// A simulation with `breaker_give_up` = `give_up` in which the breaker of
+/// provider `down` has been open since the start.
+fn sim_with_down_open(give_up: Duration) -> Sim {
     let config = Config {
-        breaker_give_up: Duration::from_secs(10),
+        breaker_give_up: give_up,
         ..Config::default()
     };
     let mut sim = Sim::new(config, Behaviour::reliable(5), 3);
-    let start = sim.start;
-    sim.advisor.open.insert("down".into(), start);
-    let down = sim.add(&ExpSpec {
-        examples: 5,
+    sim.advisor.open.insert("down".into(), sim.start);
+    sim
+}
+
+/// `examples` tasks on provider `down`, one repetition, no evaluators.
+fn on_down(examples: usize) -> ExpSpec {
+    ExpSpec {
+        examples,
         repetitions: 1,
         evaluators: 0,
         cap: None,
         provider: "down".into(),
-    });
+    }
+}
+
+/// An experiment whose needed key keeps its breaker open past
+/// `breaker_give_up` is set to ERROR naming the provider; the others go on.
+#[test]
+fn open_breaker_past_give_up_errors_the_experiment_only() {
+    let mut sim = sim_with_down_open(Duration::from_secs(10));
+    let start = sim.start;
+    let down = sim.add(&on_down(5));
     let up = sim.add(&ExpSpec {
         examples: 5,
         repetitions: 1,
@@ -348,19 +360,8 @@ fn open_breaker_past_give_up_errors_the_experiment_only() {
 /// With give-up 0 (the seed's behaviour) the experiment errors at once.
 #[test]
 fn give_up_zero_errors_at_once() {
-    let config = Config {
-        breaker_give_up: Duration::ZERO,
-        ..Config::default()
-    };
-    let mut sim = Sim::new(config, Behaviour::reliable(5), 3);
-    sim.advisor.open.insert("down".into(), sim.start);
-    let down = sim.add(&ExpSpec {
-        examples: 3,
-        repetitions: 1,
-        evaluators: 0,
-        cap: None,
-        provider: "down".into(),
-    });
+    let mut sim = sim_with_down_open(Duration::ZERO);
+    let down = sim.add(&on_down(3));
     sim.run(Duration::from_secs(3600), |_| {});
     assert!(matches!(sim.finished[&down][..], [Finish::Error(_)]));
     assert!(sim.now - sim.start < Duration::from_millis(10));
@@ -440,19 +441,8 @@ fn resume_retries_earlier_failures_and_scores_missing_annotations() {
 /// first opened.
 #[test]
 fn a_resumed_session_gets_the_whole_give_up_time_again() {
-    let config = Config {
-        breaker_give_up: Duration::from_secs(10),
-        ..Config::default()
-    };
-    let mut sim = Sim::new(config, Behaviour::reliable(5), 3);
-    sim.advisor.open.insert("down".into(), sim.start);
-    let down = sim.add(&ExpSpec {
-        examples: 2,
-        repetitions: 1,
-        evaluators: 0,
-        cap: None,
-        provider: "down".into(),
-    });
+    let mut sim = sim_with_down_open(Duration::from_secs(10));
+    let down = sim.add(&on_down(2));
     sim.run(Duration::from_secs(3600), |_| {});
     assert!(matches!(sim.finished[&down][..], [Finish::Error(_)]));
     let first = sim.now - sim.start;
