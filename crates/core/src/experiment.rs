@@ -25,12 +25,11 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-
-use crate::fasthash::{FastMap, FastSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::fasthash::{FastMap, FastSet};
 use crate::ids::{Claim, ExampleId, ExperimentId, RateKey};
 use crate::outcome::{CallReport, Outcome, Reply};
 use crate::ports::{

@@ -16,13 +16,12 @@
 //! than one, and a throttled experiment never holds a slot or delays another.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-use crate::fasthash::FastMap;
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::experiment::{ExperimentState, Mode, Next};
+use crate::fasthash::FastMap;
 use crate::ids::{Claim, ExperimentId, RateKey};
 use crate::outcome::{CallReport, Observation};
 use crate::ports::{Advisor, Departure, LogLevel, RunWrite};
