@@ -311,10 +311,7 @@ impl KeyState {
             && limit > 0
             && self.control.is_some()
         {
-            let mut rate = limit as f64 / WINDOW_SECS * self.header_headroom;
-            if let Some(t) = self.token_limit {
-                rate = rate.min(t.max_rate);
-            }
+            let rate = limit as f64 / WINDOW_SECS * self.header_headroom;
             self.set_token_rate(rate, now);
         }
         if let (Some(remaining), Some(b)) = (h.tokens_remaining, &mut self.tokens) {
@@ -348,7 +345,9 @@ impl KeyState {
         }
     }
 
+    /// Sets the token rate, capped by the explicit token limit if any.
     fn set_token_rate(&mut self, rate: f64, now: Instant) {
+        let rate = self.token_limit.map_or(rate, |t| rate.min(t.max_rate));
         let tolerance = Explicit::tolerance_at(self.token_limit, rate, self.burst_seconds);
         self.token_cap = match self.token_limit {
             Some(t) => t.limit,
@@ -421,10 +420,6 @@ impl KeyState {
         if let Some(rate) = snap.token_rate_tps
             && self.control.is_some()
         {
-            let rate = match self.token_limit {
-                Some(t) => rate.min(t.max_rate),
-                None => rate,
-            };
             self.set_token_rate(rate, now);
         }
         if snap.paused_for_ms > 0 {
