@@ -123,26 +123,18 @@ impl KeyState {
     /// A fresh key with `limits`, as of `now`.
     pub fn new(config: &AdvisorConfig, limits: ResolvedLimits, now: Instant) -> Self {
         let bs = config.burst_seconds;
-        let request_limit = if limits.unlimited {
-            None
+        let (request_limit, control, requests, token_limit) = if limits.unlimited {
+            (None, None, None, None)
         } else {
-            limits.rpm.map(|rpm| Explicit::new(rpm, bs))
-        };
-        let (control, requests) = if limits.unlimited {
-            (None, None)
-        } else {
+            let request_limit = limits.rpm.map(|rpm| Explicit::new(rpm, bs));
             let max_rate = request_limit.map_or(f64::INFINITY, |e| e.max_rate);
             let control =
                 RateController::new(Learning::of(config), limits.initial_rps, max_rate, now);
             let rate = control.rate();
             let tolerance = Explicit::tolerance_at(request_limit, rate, bs);
             let bucket = TokenBucket::with_tolerance(rate, tolerance, now);
-            (Some(control), Some(bucket))
-        };
-        let token_limit = if limits.unlimited {
-            None
-        } else {
-            limits.tpm.map(|tpm| Explicit::new(tpm, bs))
+            let token_limit = limits.tpm.map(|tpm| Explicit::new(tpm, bs));
+            (request_limit, Some(control), Some(bucket), token_limit)
         };
         let mut key = Self {
             burst_seconds: bs,
