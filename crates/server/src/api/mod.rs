@@ -60,13 +60,19 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(events::events))
 }
 
+/// The operations routes (no API key) and their OpenAPI description.
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
 /// The OpenAPI document of the API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, api) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(v1())
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
+        .merge(operations())
         .split_for_parts();
     api
 }
@@ -101,11 +107,7 @@ pub fn app(state: AppState) -> axum::Router {
         auth::require_key,
     ));
     let openapi = openapi();
-    let (ops, _) = OpenApiRouter::<AppState>::new()
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .split_for_parts();
+    let (ops, _) = operations().split_for_parts();
     let mut router = axum::Router::new()
         .merge(v1)
         .merge(ops)
