@@ -16,8 +16,7 @@ pub mod validate;
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, Method, Uri};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -84,19 +83,8 @@ async fn not_found(uri: Uri) -> ApiError {
     }
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    let problem = error::Problem {
-        kind: "urn:runnel:problem:method-not-allowed".into(),
-        title: "Method Not Allowed".into(),
-        status: 405,
-        detail: "this path does not accept that method".into(),
-        field: None,
-    };
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
-        serde_json::to_string(&problem).unwrap_or_default(),
-    )
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// The whole HTTP application over `state`.
