@@ -265,10 +265,6 @@ fn progress_text(
     advisor: &Advisor,
     now: Instant,
 ) -> String {
-    let evals_expected = launched
-        .runs_expected
-        .saturating_sub(tally.runs_failed)
-        .saturating_mul(launched.evaluators);
     let mut text = format!(
         "runs {}/{}",
         tally.runs_ok + tally.runs_failed,
@@ -282,7 +278,7 @@ fn progress_text(
             text,
             " · evals {}/{}",
             tally.evals_ok + tally.evals_failed,
-            evals_expected
+            evals_expected(launched, tally)
         );
     }
     let _ = write!(text, " · {:.1} calls/s", tally.rate(now));
@@ -344,15 +340,19 @@ pub async fn follow(
     end
 }
 
+/// Annotations expected so far: every evaluator on every run not failed.
+fn evals_expected(launched: &Launched, tally: &Tally) -> u64 {
+    launched
+        .runs_expected
+        .saturating_sub(tally.runs_failed)
+        .saturating_mul(launched.evaluators)
+}
+
 /// Results recorded and results expected (runs plus annotations).
 fn totals(launched: &Launched, tally: &Tally) -> (u64, u64) {
     let runs_done = tally.runs_ok + tally.runs_failed;
     let evals_done = tally.evals_ok + tally.evals_failed;
-    let evals_expected = launched
-        .runs_expected
-        .saturating_sub(tally.runs_failed)
-        .saturating_mul(launched.evaluators);
-    let total = launched.runs_expected + evals_expected;
+    let total = launched.runs_expected + evals_expected(launched, tally);
     (runs_done + evals_done, total.max(runs_done + evals_done))
 }
 

@@ -53,10 +53,6 @@ use crate::runtime::Runtime;
 use crate::state::AppState;
 use crate::summary::{self, Summary};
 
-/// How many examples the templates are checked against before anything is
-/// stored (as the API does).
-const TEMPLATE_SAMPLE: usize = 200;
-
 /// Options of `runnel run`.
 #[derive(Clone, Debug, clap::Args)]
 #[command(after_help = "The run file (TOML shown; JSON has the same keys):
@@ -545,7 +541,7 @@ async fn execute(
     } = prepared;
     let sample: Vec<ExampleData> = examples
         .iter()
-        .take(TEMPLATE_SAMPLE)
+        .take(validate::TEMPLATE_SAMPLE)
         .map(|e| ExampleData {
             input: e.input.clone(),
             expected: e.expected.clone(),

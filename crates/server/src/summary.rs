@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use futures::StreamExt;
-use runnel_core::ExperimentId;
+use runnel_core::{ExperimentId, ExperimentStatus};
 use runnel_store::{Db, StoreError};
 use serde::Serialize;
 
@@ -238,9 +238,9 @@ pub async fn collect(
             }
         }
     }
+    // Every entry holds at least the score that created it.
     let scores = score_values
         .into_iter()
-        .filter(|(_, v)| !v.is_empty())
         .map(|(name, v)| {
             let count = v.len() as u64;
             let mean = v.iter().sum::<f64>() / v.len() as f64;
@@ -258,12 +258,13 @@ pub async fn collect(
         })
         .collect();
     let p = view.progress;
-    let status = view.status.as_str().to_owned();
-    let ok = status == "COMPLETED" && p.runs_failed == 0 && p.annotations_failed == 0;
+    let ok = view.status == ExperimentStatus::Completed
+        && p.runs_failed == 0
+        && p.annotations_failed == 0;
     Ok(Summary {
         experiment_id: id.to_string(),
         name: view.name,
-        status,
+        status: view.status.as_str().to_owned(),
         last_error: view.last_error,
         duration_s: elapsed.as_secs_f64(),
         runs: RunCounts {

@@ -9,14 +9,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _};
+use opentelemetry::metrics::{AsyncInstrument, Counter, Gauge, Histogram, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus::{Encoder, TextEncoder};
-use runnel_advisor::Advisor;
+use runnel_advisor::{Advisor, KeyMetrics};
 use runnel_core::engine::EngineHandle;
 use runnel_core::{Departure, EngineEvent, ExperimentStatus, OutcomeClass};
 use tracing_subscriber::EnvFilter;
@@ -77,6 +77,22 @@ fn resource(config: &RunnelConfig) -> Resource {
     Resource::builder()
         .with_service_name(config.otel.service_name.clone())
         .build()
+}
+
+/// A callback observing one advisor figure per rate-limit key (labelled
+/// `key`); keys for which `value` gives `None` are left out.
+fn per_key<T: 'static>(
+    advisor: &Arc<Advisor>,
+    value: impl Fn(&KeyMetrics) -> Option<T> + Send + Sync + 'static,
+) -> impl Fn(&dyn AsyncInstrument<T>) + Send + Sync + 'static {
+    let advisor = advisor.clone();
+    move |o| {
+        for (key, m) in advisor.metrics(Instant::now()) {
+            if let Some(v) = value(&m) {
+                o.observe(v, &[KeyValue::new("key", key)]);
+            }
+        }
+    }
 }
 
 /// Where slot figures come from (set once the engine exists).
@@ -170,50 +186,25 @@ impl Metrics {
             })
             .build();
 
-        let rates = advisor.clone();
         let _rate = meter
             .f64_observable_gauge("runnel_bucket_rate")
             .with_description("Current permitted rate per rate-limit key, requests per second")
-            .with_callback(move |o| {
-                for (key, m) in rates.metrics(Instant::now()) {
-                    if let Some(rate) = m.rate_rps {
-                        o.observe(rate, &[KeyValue::new("key", key)]);
-                    }
-                }
-            })
+            .with_callback(per_key(&advisor, |m| m.rate_rps))
             .build();
-        let breakers = advisor.clone();
         let _breaker = meter
             .u64_observable_gauge("runnel_breaker_state")
             .with_description("Circuit breaker per key: 0 closed, 1 half-open, 2 open")
-            .with_callback(move |o| {
-                for (key, m) in breakers.metrics(Instant::now()) {
-                    o.observe(
-                        u64::from(m.breaker.as_gauge()),
-                        &[KeyValue::new("key", key)],
-                    );
-                }
-            })
+            .with_callback(per_key(&advisor, |m| Some(u64::from(m.breaker.as_gauge()))))
             .build();
-        let trips = advisor.clone();
         let _trips = meter
             .u64_observable_counter("runnel_breaker_trips")
             .with_description("Times each key's circuit breaker opened")
-            .with_callback(move |o| {
-                for (key, m) in trips.metrics(Instant::now()) {
-                    o.observe(m.trips, &[KeyValue::new("key", key)]);
-                }
-            })
+            .with_callback(per_key(&advisor, |m| Some(m.trips)))
             .build();
-        let permits = advisor;
         let _permits = meter
             .u64_observable_counter("runnel_advisor_permits")
             .with_description("Permits granted per key")
-            .with_callback(move |o| {
-                for (key, m) in permits.metrics(Instant::now()) {
-                    o.observe(m.counters.permits, &[KeyValue::new("key", key)]);
-                }
-            })
+            .with_callback(per_key(&advisor, |m| Some(m.counters.permits)))
             .build();
 
         let metrics = Self {

@@ -52,24 +52,24 @@ fn ndjson_examples(bytes: &[u8]) -> Result<Vec<NewExample>, ApiError> {
 }
 
 /// Reads the examples of a create or append body, in either form, checked.
-/// Returns the name of a JSON create body too.
+/// Returns the name of a JSON create body too (NDJSON bodies carry none).
 async fn read_examples(
     state: &AppState,
     request: Request,
     append: bool,
-) -> Result<(BodyKind, Option<String>, Vec<NewExample>), ApiError> {
+) -> Result<(Option<String>, Vec<NewExample>), ApiError> {
     let kind = body_kind(request.headers())?;
     let bytes = read_bytes(request, state.config.server.body_limit_bytes).await?;
     match kind {
-        BodyKind::Ndjson => Ok((kind, None, ndjson_examples(&bytes)?)),
+        BodyKind::Ndjson => Ok((None, ndjson_examples(&bytes)?)),
         BodyKind::Json if append => {
             let body: AppendExamples = parse_json(&bytes, "request body")?;
-            Ok((kind, None, validate::examples(body.examples, "examples")?))
+            Ok((None, validate::examples(body.examples, "examples")?))
         }
         BodyKind::Json => {
             let body: CreateDataset = parse_json(&bytes, "request body")?;
             let examples = validate::examples(body.examples, "examples")?;
-            Ok((kind, Some(body.name), examples))
+            Ok((Some(body.name), examples))
         }
     }
 }
@@ -89,17 +89,15 @@ pub async fn create(
     Query(query): Query<DatasetQuery>,
     request: Request,
 ) -> Result<(StatusCode, Json<DatasetOut>), ApiError> {
-    let (kind, body_name, examples) = read_examples(&state, request, false).await?;
-    let name = match (kind, body_name, query.name) {
-        (BodyKind::Json, Some(name), _) => validate::name("name", &name)?,
-        (_, _, Some(name)) => validate::name("name", &name)?,
-        (_, _, None) => {
-            return Err(ApiError::invalid(
-                "name",
-                "an NDJSON body needs the dataset name in the query (?name=)",
-            ));
-        }
+    let (body_name, examples) = read_examples(&state, request, false).await?;
+    // A JSON body names the dataset itself; an NDJSON one needs `?name=`.
+    let Some(name) = body_name.or(query.name) else {
+        return Err(ApiError::invalid(
+            "name",
+            "an NDJSON body needs the dataset name in the query (?name=)",
+        ));
     };
+    let name = validate::name("name", &name)?;
     let info = state.db.create_dataset(&name, &examples).await?;
     Ok((StatusCode::CREATED, Json(info.into())))
 }
@@ -117,7 +115,7 @@ pub async fn append(
     request: Request,
 ) -> Result<Json<ExampleCount>, ApiError> {
     let id = validate::dataset_id(&id)?;
-    let (_, _, examples) = read_examples(&state, request, true).await?;
+    let (_, examples) = read_examples(&state, request, true).await?;
     let example_count = state.db.append_examples(id, &examples).await?;
     Ok(Json(ExampleCount { example_count }))
 }

@@ -65,6 +65,9 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The path exists but does not take the request's method.
+    #[error("this path does not accept that method")]
+    MethodNotAllowed,
     /// The body's content type is not one the endpoint reads.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -94,6 +97,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not-found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload-too-large",
+            ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
@@ -218,6 +223,26 @@ mod tests {
         let problem = ApiError::Internal("secret table name".into()).problem();
         assert_eq!(problem.detail, "internal error");
         assert_eq!(problem.status, 500);
+    }
+
+    #[test]
+    fn method_not_allowed_is_a_problem_document() {
+        let problem = ApiError::MethodNotAllowed.problem();
+        assert_eq!(
+            serde_json::to_value(&problem).unwrap(),
+            serde_json::json!({
+                "type": "urn:runnel:problem:method-not-allowed",
+                "title": "Method Not Allowed",
+                "status": 405,
+                "detail": "this path does not accept that method",
+            })
+        );
+        let response = ApiError::MethodNotAllowed.into_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
     }
 
     #[test]

@@ -49,6 +49,13 @@ fn event(name: &str, data: serde_json::Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
+fn progress_event(progress: runnel_store::Progress) -> Event {
+    event(
+        "progress",
+        serde_json::to_value(ProgressOut::from(progress)).unwrap_or_default(),
+    )
+}
+
 fn status_event(status: ExperimentStatus, last_error: Option<&str>) -> Event {
     event(
         "status",
@@ -64,18 +71,11 @@ async fn follow(
     tx: mpsc::Sender<Event>,
 ) {
     let mut status = view.status;
-    let progress = ProgressOut::from(view.progress);
     if tx
         .send(status_event(status, view.last_error.as_deref()))
         .await
         .is_err()
-        || tx
-            .send(event(
-                "progress",
-                serde_json::to_value(&progress).unwrap_or_default(),
-            ))
-            .await
-            .is_err()
+        || tx.send(progress_event(view.progress)).await.is_err()
     {
         return;
     }
@@ -140,11 +140,10 @@ async fn follow(
             _ = progress_tick.tick() => {
                 if dirty {
                     dirty = false;
-                    if let Ok(view) = state.db.experiment(id).await {
-                        let progress = ProgressOut::from(view.progress);
-                        if tx.send(event("progress", serde_json::to_value(&progress).unwrap_or_default())).await.is_err() {
-                            return;
-                        }
+                    if let Ok(view) = state.db.experiment(id).await
+                        && tx.send(progress_event(view.progress)).await.is_err()
+                    {
+                        return;
                     }
                 }
             }
@@ -153,8 +152,7 @@ async fn follow(
                     Ok(view) => {
                         if view.status != status {
                             status = view.status;
-                            let progress = ProgressOut::from(view.progress);
-                            let _ = tx.send(event("progress", serde_json::to_value(&progress).unwrap_or_default())).await;
+                            let _ = tx.send(progress_event(view.progress)).await;
                             if tx.send(status_event(status, view.last_error.as_deref())).await.is_err() {
                                 return;
                             }

@@ -16,8 +16,7 @@ pub mod validate;
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, Method, Uri};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -60,13 +59,19 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(events::events))
 }
 
+/// The operations routes (no API key) and their OpenAPI description.
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
 /// The OpenAPI document of the API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, api) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(v1())
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
+        .merge(operations())
         .split_for_parts();
     api
 }
@@ -78,19 +83,8 @@ async fn not_found(uri: Uri) -> ApiError {
     }
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    let problem = error::Problem {
-        kind: "urn:runnel:problem:method-not-allowed".into(),
-        title: "Method Not Allowed".into(),
-        status: 405,
-        detail: "this path does not accept that method".into(),
-        field: None,
-    };
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
-        serde_json::to_string(&problem).unwrap_or_default(),
-    )
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// The whole HTTP application over `state`.
@@ -101,11 +95,7 @@ pub fn app(state: AppState) -> axum::Router {
         auth::require_key,
     ));
     let openapi = openapi();
-    let (ops, _) = OpenApiRouter::<AppState>::new()
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .split_for_parts();
+    let (ops, _) = operations().split_for_parts();
     let mut router = axum::Router::new()
         .merge(v1)
         .merge(ops)

@@ -1,8 +1,6 @@
 //! Operations endpoints: `/healthz` (process up), `/readyz` (database
 //! reachable, migrations applied), `/metrics` (Prometheus text format).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -44,21 +42,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // Experiments by status are counted at scrape time; when the database is
     // down the gauge keeps its last value.
     if let Ok(views) = state.db.experiments(&Default::default()).await {
-        let mut counts: BTreeMap<&'static str, (ExperimentStatus, u64)> = [
+        let mut counts = [
             ExperimentStatus::Running,
             ExperimentStatus::Stopped,
             ExperimentStatus::Completed,
             ExperimentStatus::Error,
         ]
-        .into_iter()
-        .map(|s| (s.as_str(), (s, 0)))
-        .collect();
+        .map(|s| (s, 0));
         for v in &views {
-            if let Some(entry) = counts.get_mut(v.status.as_str()) {
-                entry.1 += 1;
+            if let Some((_, n)) = counts.iter_mut().find(|(s, _)| *s == v.status) {
+                *n += 1;
             }
         }
-        let counts: Vec<_> = counts.into_values().collect();
         state.metrics.set_experiment_counts(&counts);
     }
     let mut response = (StatusCode::OK, state.metrics.render()).into_response();

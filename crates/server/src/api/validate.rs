@@ -13,8 +13,9 @@ use super::error::ApiError;
 use super::types::{CreateExperiment, EvaluatorIn, ExampleIn, MessageIn};
 use crate::state::AppState;
 
-/// How many examples templates are checked against.
-const TEMPLATE_SAMPLE: usize = 200;
+/// How many examples templates are checked against (by the API and by
+/// `runnel run`).
+pub const TEMPLATE_SAMPLE: usize = 200;
 /// Longest accepted name.
 const NAME_MAX: usize = 200;
 
