@@ -279,9 +279,8 @@ pub(crate) struct Sql {
     pub(crate) dataset_exists: &'static str,
     /// Binds: 1 id, 2 name.
     pub(crate) insert_dataset: &'static str,
-    /// The head of a multi-row example insert; rows of four placeholders
-    /// (dataset, input, expected, metadata) follow.
-    pub(crate) insert_examples_head: &'static str,
+    /// Multi-row example insert. Per row: dataset, input, expected, metadata.
+    pub(crate) insert_examples: MultiRow,
     /// One dataset. Binds: 1 id → (id, name, created_at, example_count).
     pub(crate) dataset: &'static str,
     /// Every dataset, oldest first → (id, name, created_at, example_count).

@@ -204,7 +204,11 @@ static SQL: Sql = Sql {
                     WHERE dataset_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     dataset_exists: "SELECT 1 FROM datasets WHERE id = $1",
     insert_dataset: "INSERT INTO datasets (id, name) VALUES ($1, $2)",
-    insert_examples_head: "INSERT INTO dataset_examples (dataset_id, input, expected, metadata) VALUES ",
+    insert_examples: MultiRow {
+        head: "INSERT INTO dataset_examples (dataset_id, input, expected, metadata) VALUES ",
+        casts: &[""; 4],
+        tail: "",
+    },
     dataset: concat!(dataset_view!(), "WHERE d.id = $1"),
     datasets: concat!(dataset_view!(), "ORDER BY d.created_at, d.id"),
     insert_experiment: "INSERT INTO experiments (id, name, dataset_id, repetitions, max_concurrency, task)

@@ -78,14 +78,7 @@ where
         examples: &[NewExample],
     ) -> Result<(), StoreError> {
         for chunk in examples.chunks(EXAMPLES_PER_STATEMENT) {
-            let mut sql = String::from(DB::sql().insert_examples_head);
-            for i in 0..chunk.len() {
-                let p = |k: usize| DB::placeholder(4 * i + k);
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("({}, {}, {}, {})", p(1), p(2), p(3), p(4)));
-            }
+            let sql = DB::sql().insert_examples.sql(chunk.len(), DB::placeholder);
             // Built from placeholders only; every value is bound.
             let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
             for example in chunk {
