@@ -589,14 +589,17 @@ where
     }
 
     /// Compares the database's migrations with the binary's: refuses a newer
-    /// database, and reports whether migrations are pending.
-    pub(crate) async fn migrations_pending(&self) -> Result<bool, StoreError> {
+    /// database, and one with migrations pending.
+    async fn check_migrations(&self) -> Result<(), StoreError> {
         let applied = self.applied_migration().await?;
         let known = Self::known_migration();
         if applied > known {
             return Err(StoreError::MigrationsNewer { applied, known });
         }
-        Ok(applied < known)
+        if applied < known {
+            return Err(StoreError::MigrationsPending { applied, known });
+        }
+        Ok(())
     }
 
     /// Brings the database to this binary's migrations: refuses a newer
@@ -605,18 +608,14 @@ where
     /// migrator serialises them with a lock on PostgreSQL, and SQLite has one
     /// writer).
     pub(crate) async fn prepare(&self, auto_migrate: bool) -> Result<(), StoreError> {
-        if self.migrations_pending().await? {
-            if !auto_migrate {
-                return Err(StoreError::MigrationsPending {
-                    applied: self.applied_migration().await?,
-                    known: Self::known_migration(),
-                });
+        match self.check_migrations().await {
+            Err(StoreError::MigrationsPending { .. }) if auto_migrate => {
+                DB::run_migrations(&self.pool)
+                    .await
+                    .map_err(|e| StoreError::Migrate(e.to_string()))
             }
-            DB::run_migrations(&self.pool)
-                .await
-                .map_err(|e| StoreError::Migrate(e.to_string()))?;
+            checked => checked,
         }
-        Ok(())
     }
 
     /// Readiness: the database answers, every migration is applied, and a
@@ -625,12 +624,7 @@ where
     /// fails: opening a write transaction (within `busy_timeout`) is what
     /// tells. It is rolled back at once.
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
-        if self.migrations_pending().await? {
-            return Err(StoreError::MigrationsPending {
-                applied: self.applied_migration().await?,
-                known: Self::known_migration(),
-            });
-        }
+        self.check_migrations().await?;
         let tx = self.begin_write().await?;
         tx.rollback().await.map_err(Self::err)
     }
