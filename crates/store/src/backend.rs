@@ -4,7 +4,7 @@
 //! decisions, batching, result mapping) is written once, generic over
 //! [`Backend`], in the `sql` module.
 
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migrate, Migrator};
 
 // SQL fragments that are the same text in every dialect. `concat!` only
 // takes literals, hence macros.
@@ -126,7 +126,7 @@ macro_rules! fence {
 pub(crate) use fence;
 
 /// A database runnel can use, with its dialect.
-pub(crate) trait Backend: sqlx::Database {
+pub(crate) trait Backend: sqlx::Database<Connection: Migrate> {
     /// The statement that opens a transaction that will write. SQLite takes
     /// the write lock at once (`BEGIN IMMEDIATE`) so that a transaction never
     /// has to upgrade a read lock, which SQLite refuses without waiting.
@@ -141,11 +141,6 @@ pub(crate) trait Backend: sqlx::Database {
     /// The `n`-th (1-based) bind placeholder, for statements built at run
     /// time (multi-row inserts).
     fn placeholder(n: usize) -> String;
-
-    /// Applies the embedded migrations that the database lacks.
-    fn run_migrations(
-        pool: &sqlx::Pool<Self>,
-    ) -> futures::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
 
     /// Whether a database error code means "try again later" (locked, busy,
     /// connection lost, deadlock, shutting down).

@@ -254,12 +254,6 @@ impl Backend for Postgres {
         &MIGRATOR
     }
 
-    fn run_migrations(
-        pool: &sqlx::Pool<Self>,
-    ) -> futures::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
-        Box::pin(MIGRATOR.run(pool))
-    }
-
     fn placeholder(n: usize) -> String {
         format!("${n}")
     }

@@ -609,11 +609,10 @@ where
     /// writer).
     pub(crate) async fn prepare(&self, auto_migrate: bool) -> Result<(), StoreError> {
         match self.check_migrations().await {
-            Err(StoreError::MigrationsPending { .. }) if auto_migrate => {
-                DB::run_migrations(&self.pool)
-                    .await
-                    .map_err(|e| StoreError::Migrate(e.to_string()))
-            }
+            Err(StoreError::MigrationsPending { .. }) if auto_migrate => DB::migrator()
+                .run(&self.pool)
+                .await
+                .map_err(|e| StoreError::Migrate(e.to_string())),
             checked => checked,
         }
     }
