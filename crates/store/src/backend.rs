@@ -19,6 +19,34 @@ macro_rules! dataset_view {
 }
 pub(crate) use dataset_view;
 
+/// The select list of an experiment view, with its progress counts.
+/// `$ok` and `$failed` test the `succeeded` column of a run or annotation,
+/// in the dialect's spelling (SQLite stores and indexes it as 0/1).
+macro_rules! experiment_view {
+    ($ok:literal, $failed:literal) => {
+        concat!(
+            "SELECT x.id, x.name, x.dataset_id, x.status, x.last_error, x.claimed_by,
+                    x.repetitions, x.max_concurrency, x.epoch, x.created_at, x.updated_at,
+                    (SELECT COUNT(*) FROM dataset_examples e WHERE e.dataset_id = x.dataset_id),
+                    (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = x.id AND ",
+            $ok,
+            "),
+                    (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = x.id AND ",
+            $failed,
+            "),
+                    (SELECT COUNT(*) FROM evaluators v WHERE v.experiment_id = x.id),
+                    (SELECT COUNT(*) FROM annotations a WHERE a.experiment_id = x.id AND ",
+            $ok,
+            "),
+                    (SELECT COUNT(*) FROM annotations a WHERE a.experiment_id = x.id AND ",
+            $failed,
+            ")
+             FROM experiments x "
+        )
+    };
+}
+pub(crate) use experiment_view;
+
 /// The columns a run upsert writes, what it selects from the rows `v` and
 /// the experiment `x` (the timestamps follow, per dialect), and what a
 /// replacing write sets.
