@@ -620,8 +620,8 @@ where
     /// Readiness: the database answers, every migration is applied, and a
     /// write transaction can begin. On SQLite (WAL) another process holding
     /// the write lock leaves reads working while every result write waits and
-    /// fails: opening a write transaction (within `busy_timeout`) is what
-    /// tells. It is rolled back at once.
+    /// fails: opening a write transaction is what tells. It is rolled back
+    /// at once. [`crate::Db::ready`] bounds the whole check by `ready_timeout`.
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
         self.check_migrations().await?;
         let tx = self.begin_write().await?;
