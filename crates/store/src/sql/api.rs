@@ -308,7 +308,12 @@ where
         })
     }
 
-    async fn require_experiment<'c, E>(&self, conn: E, id: ExperimentId) -> Result<(), StoreError>
+    /// Fails with [`StoreError::ExperimentNotFound`] when `id` does not exist.
+    pub(super) async fn require_experiment<'c, E>(
+        &self,
+        conn: E,
+        id: ExperimentId,
+    ) -> Result<(), StoreError>
     where
         E: Executor<'c, Database = DB>,
     {

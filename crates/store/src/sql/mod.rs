@@ -723,12 +723,8 @@ where
             .collect::<Result<_, _>>()?;
         if evaluators.is_empty() {
             // Either no evaluator is attached, or the experiment is gone.
-            Self::q(DB::sql().experiment_exists)
-                .bind(claim.experiment.0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(Self::err)?
-                .ok_or(StoreError::ExperimentNotFound(claim.experiment))?;
+            self.require_experiment(&self.pool, claim.experiment)
+                .await?;
             return Ok(Vec::new());
         }
         let after = after.map(|k| (k.run.0, k.evaluator.0));
