@@ -4,7 +4,7 @@
 //! decisions, batching, result mapping) is written once, generic over
 //! [`Backend`], in the `sql` module.
 
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migrate, Migrator};
 
 // SQL fragments that are the same text in every dialect. `concat!` only
 // takes literals, hence macros.
@@ -18,6 +18,34 @@ macro_rules! dataset_view {
     };
 }
 pub(crate) use dataset_view;
+
+/// The select list of an experiment view, with its progress counts.
+/// `$ok` and `$failed` test the `succeeded` column of a run or annotation,
+/// in the dialect's spelling (SQLite stores and indexes it as 0/1).
+macro_rules! experiment_view {
+    ($ok:literal, $failed:literal) => {
+        concat!(
+            "SELECT x.id, x.name, x.dataset_id, x.status, x.last_error, x.claimed_by,
+                    x.repetitions, x.max_concurrency, x.epoch, x.created_at, x.updated_at,
+                    (SELECT COUNT(*) FROM dataset_examples e WHERE e.dataset_id = x.dataset_id),
+                    (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = x.id AND ",
+            $ok,
+            "),
+                    (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = x.id AND ",
+            $failed,
+            "),
+                    (SELECT COUNT(*) FROM evaluators v WHERE v.experiment_id = x.id),
+                    (SELECT COUNT(*) FROM annotations a WHERE a.experiment_id = x.id AND ",
+            $ok,
+            "),
+                    (SELECT COUNT(*) FROM annotations a WHERE a.experiment_id = x.id AND ",
+            $failed,
+            ")
+             FROM experiments x "
+        )
+    };
+}
+pub(crate) use experiment_view;
 
 /// The columns a run upsert writes, what it selects from the rows `v` and
 /// the experiment `x` (the timestamps follow, per dialect), and what a
@@ -126,7 +154,7 @@ macro_rules! fence {
 pub(crate) use fence;
 
 /// A database runnel can use, with its dialect.
-pub(crate) trait Backend: sqlx::Database {
+pub(crate) trait Backend: sqlx::Database<Connection: Migrate> {
     /// The statement that opens a transaction that will write. SQLite takes
     /// the write lock at once (`BEGIN IMMEDIATE`) so that a transaction never
     /// has to upgrade a read lock, which SQLite refuses without waiting.
@@ -141,11 +169,6 @@ pub(crate) trait Backend: sqlx::Database {
     /// The `n`-th (1-based) bind placeholder, for statements built at run
     /// time (multi-row inserts).
     fn placeholder(n: usize) -> String;
-
-    /// Applies the embedded migrations that the database lacks.
-    fn run_migrations(
-        pool: &sqlx::Pool<Self>,
-    ) -> futures::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
 
     /// Whether a database error code means "try again later" (locked, busy,
     /// connection lost, deadlock, shutting down).
@@ -279,9 +302,8 @@ pub(crate) struct Sql {
     pub(crate) dataset_exists: &'static str,
     /// Binds: 1 id, 2 name.
     pub(crate) insert_dataset: &'static str,
-    /// The head of a multi-row example insert; rows of four placeholders
-    /// (dataset, input, expected, metadata) follow.
-    pub(crate) insert_examples_head: &'static str,
+    /// Multi-row example insert. Per row: dataset, input, expected, metadata.
+    pub(crate) insert_examples: MultiRow,
     /// One dataset. Binds: 1 id → (id, name, created_at, example_count).
     pub(crate) dataset: &'static str,
     /// Every dataset, oldest first → (id, name, created_at, example_count).

@@ -7,8 +7,8 @@ use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
 
 use crate::backend::{
-    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, dataset_view, fence, result_view,
-    run_rows, run_upsert,
+    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, dataset_view, experiment_view,
+    fence, result_view, run_rows, run_upsert,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -28,21 +28,6 @@ macro_rules! now_plus_ms {
             $n,
             " / 86400000.0)"
         )
-    };
-}
-
-/// The select list of an experiment view, with its progress counts.
-macro_rules! experiment_view {
-    () => {
-        "SELECT x.id, x.name, x.dataset_id, x.status, x.last_error, x.claimed_by, x.repetitions,
-                x.max_concurrency, x.epoch, x.created_at, x.updated_at,
-                (SELECT COUNT(*) FROM dataset_examples e WHERE e.dataset_id = x.dataset_id),
-                (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = x.id AND r.succeeded = 1),
-                (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = x.id AND r.succeeded = 0),
-                (SELECT COUNT(*) FROM evaluators v WHERE v.experiment_id = x.id),
-                (SELECT COUNT(*) FROM annotations a WHERE a.experiment_id = x.id AND a.succeeded = 1),
-                (SELECT COUNT(*) FROM annotations a WHERE a.experiment_id = x.id AND a.succeeded = 0)
-         FROM experiments x "
     };
 }
 
@@ -163,16 +148,20 @@ static SQL: Sql = Sql {
                     WHERE dataset_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     dataset_exists: "SELECT 1 FROM datasets WHERE id = ?1",
     insert_dataset: "INSERT INTO datasets (id, name) VALUES (?1, ?2)",
-    insert_examples_head: "INSERT INTO dataset_examples (dataset_id, input, expected, metadata) VALUES ",
+    insert_examples: MultiRow {
+        head: "INSERT INTO dataset_examples (dataset_id, input, expected, metadata) VALUES ",
+        casts: &[""; 4],
+        tail: "",
+    },
     dataset: concat!(dataset_view!(), "WHERE d.id = ?1"),
     datasets: concat!(dataset_view!(), "ORDER BY d.created_at, d.id"),
     insert_experiment: "INSERT INTO experiments (id, name, dataset_id, repetitions, max_concurrency, task)
                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     insert_evaluator: "INSERT INTO evaluators (experiment_id, name, spec) VALUES (?1, ?2, ?3)
                        RETURNING id",
-    experiment: concat!(experiment_view!(), "WHERE x.id = ?1"),
+    experiment: concat!(experiment_view!("succeeded = 1", "succeeded = 0"), "WHERE x.id = ?1"),
     experiments: concat!(
-        experiment_view!(),
+        experiment_view!("succeeded = 1", "succeeded = 0"),
         "WHERE (?1 IS NULL OR x.dataset_id = ?1) AND (?2 IS NULL OR x.status = ?2)
          ORDER BY x.created_at, x.id"
     ),
@@ -210,12 +199,6 @@ impl Backend for Sqlite {
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
-    }
-
-    fn run_migrations(
-        pool: &sqlx::Pool<Self>,
-    ) -> futures::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
-        Box::pin(MIGRATOR.run(pool))
     }
 
     fn placeholder(n: usize) -> String {

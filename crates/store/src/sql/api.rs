@@ -78,14 +78,7 @@ where
         examples: &[NewExample],
     ) -> Result<(), StoreError> {
         for chunk in examples.chunks(EXAMPLES_PER_STATEMENT) {
-            let mut sql = String::from(DB::sql().insert_examples_head);
-            for i in 0..chunk.len() {
-                let p = |k: usize| DB::placeholder(4 * i + k);
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("({}, {}, {}, {})", p(1), p(2), p(3), p(4)));
-            }
+            let sql = DB::sql().insert_examples.sql(chunk.len(), DB::placeholder);
             // Built from placeholders only; every value is bound.
             let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
             for example in chunk {
@@ -315,7 +308,12 @@ where
         })
     }
 
-    async fn require_experiment<'c, E>(&self, conn: E, id: ExperimentId) -> Result<(), StoreError>
+    /// Fails with [`StoreError::ExperimentNotFound`] when `id` does not exist.
+    pub(super) async fn require_experiment<'c, E>(
+        &self,
+        conn: E,
+        id: ExperimentId,
+    ) -> Result<(), StoreError>
     where
         E: Executor<'c, Database = DB>,
     {
@@ -596,14 +594,17 @@ where
     }
 
     /// Compares the database's migrations with the binary's: refuses a newer
-    /// database, and reports whether migrations are pending.
-    pub(crate) async fn migrations_pending(&self) -> Result<bool, StoreError> {
+    /// database, and one with migrations pending.
+    async fn check_migrations(&self) -> Result<(), StoreError> {
         let applied = self.applied_migration().await?;
         let known = Self::known_migration();
         if applied > known {
             return Err(StoreError::MigrationsNewer { applied, known });
         }
-        Ok(applied < known)
+        if applied < known {
+            return Err(StoreError::MigrationsPending { applied, known });
+        }
+        Ok(())
     }
 
     /// Brings the database to this binary's migrations: refuses a newer
@@ -612,32 +613,22 @@ where
     /// migrator serialises them with a lock on PostgreSQL, and SQLite has one
     /// writer).
     pub(crate) async fn prepare(&self, auto_migrate: bool) -> Result<(), StoreError> {
-        if self.migrations_pending().await? {
-            if !auto_migrate {
-                return Err(StoreError::MigrationsPending {
-                    applied: self.applied_migration().await?,
-                    known: Self::known_migration(),
-                });
-            }
-            DB::run_migrations(&self.pool)
+        match self.check_migrations().await {
+            Err(StoreError::MigrationsPending { .. }) if auto_migrate => DB::migrator()
+                .run(&self.pool)
                 .await
-                .map_err(|e| StoreError::Migrate(e.to_string()))?;
+                .map_err(|e| StoreError::Migrate(e.to_string())),
+            checked => checked,
         }
-        Ok(())
     }
 
     /// Readiness: the database answers, every migration is applied, and a
     /// write transaction can begin. On SQLite (WAL) another process holding
     /// the write lock leaves reads working while every result write waits and
-    /// fails: opening a write transaction (within `busy_timeout`) is what
-    /// tells. It is rolled back at once.
+    /// fails: opening a write transaction is what tells. It is rolled back
+    /// at once. [`crate::Db::ready`] bounds the whole check by `ready_timeout`.
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
-        if self.migrations_pending().await? {
-            return Err(StoreError::MigrationsPending {
-                applied: self.applied_migration().await?,
-                known: Self::known_migration(),
-            });
-        }
+        self.check_migrations().await?;
         let tx = self.begin_write().await?;
         tx.rollback().await.map_err(Self::err)
     }

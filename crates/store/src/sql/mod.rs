@@ -723,12 +723,8 @@ where
             .collect::<Result<_, _>>()?;
         if evaluators.is_empty() {
             // Either no evaluator is attached, or the experiment is gone.
-            Self::q(DB::sql().experiment_exists)
-                .bind(claim.experiment.0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(Self::err)?
-                .ok_or(StoreError::ExperimentNotFound(claim.experiment))?;
+            self.require_experiment(&self.pool, claim.experiment)
+                .await?;
             return Ok(Vec::new());
         }
         let after = after.map(|k| (k.run.0, k.evaluator.0));
@@ -815,11 +811,27 @@ where
     }
 
     /// The verdict when an upsert returned no row for a write: the fence
-    /// failed, or a success is already stored (which a write never
-    /// replaces).
-    fn no_row_verdict(row: &DB::Row, what: &str) -> Result<Option<i64>, StoreError> {
-        let fence_holds: bool = Self::get(row, 0)?;
-        let existing: Option<i64> = Self::get(row, 1)?;
+    /// failed (`None`), or a success is already stored (its id), which a
+    /// write never replaces. `sql` is the diagnosis statement, bound with
+    /// the row's two key columns between the experiment and the claim.
+    async fn no_row_verdict(
+        tx: &mut Transaction<'static, DB>,
+        sql: &'static str,
+        claim: &Claim,
+        key: (i64, i64),
+        what: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = Self::q(sql)
+            .bind(claim.experiment.0)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(claim.epoch.0)
+            .bind(claim.replica.as_str().to_owned())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(Self::err)?;
+        let fence_holds: bool = Self::get(&row, 0)?;
+        let existing: Option<i64> = Self::get(&row, 1)?;
         match (fence_holds, existing) {
             (false, _) => Ok(None),
             (true, Some(id)) => Ok(Some(id)),
@@ -880,16 +892,9 @@ where
                     new_success: r.error.is_none(),
                 }),
                 None => {
-                    let row = Self::q(DB::sql().run_diagnosis)
-                        .bind(claim.experiment.0)
-                        .bind(example)
-                        .bind(repetition)
-                        .bind(claim.epoch.0)
-                        .bind(claim.replica.as_str().to_owned())
-                        .fetch_one(&mut **tx)
-                        .await
-                        .map_err(Self::err)?;
-                    match Self::no_row_verdict(&row, "run")? {
+                    let sql = DB::sql().run_diagnosis;
+                    let key = (example, repetition);
+                    match Self::no_row_verdict(tx, sql, claim, key, "run").await? {
                         None => Write::Fenced,
                         Some(id) => Write::Accepted(RunWrite {
                             id: RunId(id),
@@ -951,16 +956,8 @@ where
             let verdict = if written.contains(&(run, evaluator)) {
                 Write::Accepted(())
             } else {
-                let row = Self::q(DB::sql().annotation_diagnosis)
-                    .bind(claim.experiment.0)
-                    .bind(run)
-                    .bind(evaluator)
-                    .bind(claim.epoch.0)
-                    .bind(claim.replica.as_str().to_owned())
-                    .fetch_one(&mut **tx)
-                    .await
-                    .map_err(Self::err)?;
-                match Self::no_row_verdict(&row, "annotation")? {
+                let sql = DB::sql().annotation_diagnosis;
+                match Self::no_row_verdict(tx, sql, claim, (run, evaluator), "annotation").await? {
                     None => Write::Fenced,
                     Some(_) => Write::Accepted(()),
                 }
