@@ -521,6 +521,33 @@ impl Api {
         .await
     }
 
+    /// Runs of experiment `id` recorded as succeeded (its progress).
+    pub(crate) async fn runs_succeeded(&self, id: &str) -> Result<u64> {
+        Ok(self.get(id).await?["progress"]["runs_succeeded"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Waits until experiment `id` has recorded at least `at_least`
+    /// successful runs, reading its progress every `poll`, at most `within`.
+    pub(crate) async fn wait_runs(
+        &self,
+        id: &str,
+        at_least: u64,
+        within: Duration,
+        poll: Duration,
+    ) -> Result<()> {
+        let until = Instant::now() + within;
+        while self.runs_succeeded(id).await? < at_least {
+            if Instant::now() > until {
+                bail!("experiment {id} did not record {at_least} runs within {within:?}");
+            }
+            // Polling the API: the only view of the server's progress.
+            tokio::time::sleep(poll).await;
+        }
+        Ok(())
+    }
+
     /// Stop; returns the HTTP status and body.
     pub(crate) async fn stop(&self, id: &str) -> Result<(u16, Value)> {
         self.json(

@@ -111,30 +111,12 @@ fn pg_runs(url: &str) -> Result<u64> {
     Ok(pg_exec(url, "SELECT count(*) FROM runs WHERE succeeded")?.parse()?)
 }
 
-async fn runs_recorded(api: &Api, id: &str) -> Result<u64> {
-    Ok(api.get(id).await?["progress"]["runs_succeeded"]
-        .as_u64()
-        .unwrap_or(0))
-}
-
-/// Waits until experiment `id` has recorded at least `at_least` runs.
-async fn wait_runs(api: &Api, id: &str, at_least: u64, within: Duration) -> Result<()> {
-    let until = Instant::now() + within;
-    while runs_recorded(api, id).await? < at_least {
-        if Instant::now() > until {
-            bail!("experiment {id} did not record {at_least} runs within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Polls `api` until experiment `id` shows more than `recorded` runs;
 /// returns the time of that reading.
 async fn wait_progress(api: &Api, id: &str, recorded: u64, within: Duration) -> Result<Instant> {
     let until = Instant::now() + within;
     loop {
-        if let Ok(now) = runs_recorded(api, id).await
+        if let Ok(now) = api.runs_succeeded(id).await
             && now > recorded
         {
             return Ok(Instant::now());
@@ -212,7 +194,13 @@ async fn kill_one(ctx: &Ctx, n: usize, deployment: Deployment) -> Result<Killed>
     let id = api
         .experiment(&experiment_body(&dataset, "s7", "sim", None, None))
         .await?;
-    wait_runs(&api, &id, n as u64 / 3, Duration::from_secs(120)).await?;
+    api.wait_runs(
+        &id,
+        n as u64 / 3,
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+    )
+    .await?;
 
     let before = sim.snapshot().await?;
     victim.kill9();
@@ -391,7 +379,9 @@ pub(crate) async fn s8(ctx: &Ctx) -> Result<Run> {
         let id = api_a
             .experiment(&experiment_body(&dataset, key, "sim", None, None))
             .await?;
-        wait_runs(&api_a, &id, 100, Duration::from_secs(60)).await?;
+        api_a
+            .wait_runs(&id, 100, Duration::from_secs(60), Duration::from_millis(50))
+            .await?;
         let (latency, d) = stop_latency(via, &sim, &id).await?;
         let owner_view = api_a.get(&id).await?;
         if owner_view["status"] != "STOPPED" {
