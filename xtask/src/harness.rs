@@ -393,20 +393,18 @@ pub(crate) fn pg_drop(url: &str) {
     }
 }
 
+/// `psql` on `url`, set to stop at the first error and print bare,
+/// unaligned rows (no psqlrc, no headers).
+pub(crate) fn psql(url: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.args([url, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"]);
+    cmd
+}
+
 /// Runs one SQL statement with `psql`.
 pub(crate) fn pg_exec(url: &str, sql: &str) -> Result<String> {
-    let out = Command::new("psql")
-        .args([
-            url,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-c",
-            sql,
-        ])
+    let out = psql(url)
+        .args(["-c", sql])
         .output()
         .context("running psql")?;
     if !out.status.success() {

@@ -92,20 +92,8 @@ impl Database {
                 .arg(sql)
                 .output()
                 .context("running sqlite3")?,
-            Database::Postgres(url) => Command::new("psql")
-                .args([
-                    url.as_str(),
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                ])
-                .arg("-F")
-                .arg(SEP)
-                .arg("-c")
-                .arg(sql)
+            Database::Postgres(url) => crate::harness::psql(url)
+                .args(["-F", SEP, "-c", sql])
                 .output()
                 .context("running psql")?,
         };
