@@ -195,8 +195,9 @@ pub(crate) const S4: Spec = Spec {
         format!(
             "{} runs; simulator without limits, latency exactly 1 s; provider entry \
              `unlimited = true`; scheduler max_concurrency = {S4_SLOTS}; one server on SQLite. \
-             Achieved concurrency = runs × 1 s ÷ (created_at → COMPLETED) (Little's law over \
-             the whole experiment, start-up and tail included). The simulator's in-flight count, \
+             Achieved concurrency = provider calls (one per run) × 1 s ÷ (created_at → \
+             COMPLETED) (Little's law over the whole experiment, start-up and tail included). \
+             The simulator's in-flight count, \
              sampled every 100 ms while calls are under way, is kept in the details.",
             S4_RUNS.get(quick)
         )

@@ -217,8 +217,8 @@ impl Database {
     }
 
     /// Every row of every runnel table as text (PostgreSQL: `row_to_json`;
-    /// SQLite: every byte of the database file, its WAL and everything beside
-    /// it), for searching a secret.
+    /// SQLite: every byte of the database file and of the files named after
+    /// it: its WAL, shared-memory and journal files), for searching a secret.
     pub(crate) fn dump(&self) -> Result<String> {
         match self {
             Database::Postgres(_) => {
