@@ -41,16 +41,7 @@ async fn stack(
 ) -> Result<(SimProcess, ServerProcess, Database)> {
     let sim = SimProcess::start(&ctx.bin, dir, sim).await?;
     let url = format!("sqlite://{}", dir.join("runnel.db").display());
-    let toml = ServerToml::new(&url)
-        .provider(
-            "task",
-            &sim.url,
-            &[("unlimited", json!(true)), ("api_key_env", json!(KEY_ENV))],
-        )
-        .set("providers.judge", "kind", "anthropic")
-        .set("providers.judge", "base_url", sim.url.clone())
-        .set("providers.judge", "api_key_env", KEY_ENV)
-        .set("providers.judge", "unlimited", true)
+    let toml = super::keyed_providers(ServerToml::new(&url), &sim.url, KEY_ENV)
         .set("scheduler", "backoff_base", "100ms")
         .set("scheduler", "backoff_max", "1s")
         .set("scheduler", "cooldown", "1s");

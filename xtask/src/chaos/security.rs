@@ -85,21 +85,12 @@ async fn one_database(
         json!({"accepted_keys": ["sk-some-other-key-entirely-000000000000"]}),
     )
     .await?;
-    let toml = ServerToml::new(url)
-        .provider(
-            "task",
-            &good.url,
-            &[("unlimited", json!(true)), ("api_key_env", json!(KEY_ENV))],
-        )
+    let toml = super::keyed_providers(ServerToml::new(url), &good.url, KEY_ENV)
         .provider(
             "leaky",
             &leaky.url,
             &[("unlimited", json!(true)), ("api_key_env", json!(KEY_ENV))],
         )
-        .set("providers.judge", "kind", "anthropic")
-        .set("providers.judge", "base_url", good.url.clone())
-        .set("providers.judge", "api_key_env", KEY_ENV)
-        .set("providers.judge", "unlimited", true)
         .set(
             "auth",
             "api_keys",
