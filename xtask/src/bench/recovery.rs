@@ -3,17 +3,15 @@
 //! replica that takes over after the lease. S8: how fast a stop takes
 //! effect, on the owning replica and through another one (NOTIFY).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::report::{FigureSpec, Goal, Run};
 use super::{Ctx, Size, Spec, all_succeeded, sim_config, wait_end};
-use crate::harness::{
-    Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body, pg_exec,
-};
+use crate::chaos::db::Database;
+use crate::harness::{Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 const S7_LIMIT: f64 = 50.0;
 
@@ -93,23 +91,6 @@ pub(crate) const S7: Spec = Spec {
     ],
     postgres: true,
 };
-
-/// Successful runs in a SQLite file, read with the `sqlite3` command.
-fn sqlite_runs(path: &std::path::Path) -> Result<u64> {
-    let out = Command::new("sqlite3")
-        .arg(path)
-        .arg("SELECT count(*) FROM runs WHERE succeeded = 1")
-        .output()
-        .context("running sqlite3 (install the sqlite3 package)")?;
-    if !out.status.success() {
-        bail!("sqlite3 failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn pg_runs(url: &str) -> Result<u64> {
-    Ok(pg_exec(url, "SELECT count(*) FROM runs WHERE succeeded")?.parse()?)
-}
 
 /// Polls `api` until experiment `id` shows more than `recorded` runs;
 /// returns the time of that reading.
@@ -205,10 +186,9 @@ async fn kill_one(ctx: &Ctx, n: usize, deployment: Deployment) -> Result<Killed>
     let before = sim.snapshot().await?;
     victim.kill9();
     let killed = Instant::now();
-    let at_kill = match &pg {
-        Some(db) => pg_runs(&db.url)?,
-        None => sqlite_runs(&ctx.dir.join("runnel.db"))?,
-    };
+    // No server is alive to ask: read the database itself.
+    let at_kill =
+        Database::from_url(&url).scalar("SELECT COUNT(*) FROM runs WHERE succeeded")? as u64;
     let follow = match &survivor {
         Some(server) => server.api(),
         None => {

@@ -21,7 +21,7 @@
 
 mod client;
 mod database;
-mod db;
+pub(crate) mod db;
 mod hostile;
 mod provider;
 mod replicas;
