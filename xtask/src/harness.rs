@@ -259,6 +259,11 @@ impl ServerProcess {
         Api::new(&self.url)
     }
 
+    /// Whether the current process is still running (it has not exited).
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// kill -9.
     pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -622,14 +627,4 @@ pub(crate) fn arithmetic(n: usize) -> impl Iterator<Item = Value> {
         let b = (i * 104_729) % 997;
         json!({"input": {"question": format!("What is {a} + {b}?")}, "expected": (a + b).to_string()})
     })
-}
-
-// ----------------------------------------------------------------- chaos
-// Added for `cargo xtask chaos`.
-
-impl ServerProcess {
-    /// Whether the current process is still running (it has not exited).
-    pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
