@@ -259,6 +259,11 @@ impl ServerProcess {
         Api::new(&self.url)
     }
 
+    /// Whether the current process is still running (it has not exited).
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// kill -9.
     pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -393,20 +398,18 @@ pub(crate) fn pg_drop(url: &str) {
     }
 }
 
+/// `psql` on `url`, set to stop at the first error and print bare,
+/// unaligned rows (no psqlrc, no headers).
+pub(crate) fn psql(url: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.args([url, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"]);
+    cmd
+}
+
 /// Runs one SQL statement with `psql`.
 pub(crate) fn pg_exec(url: &str, sql: &str) -> Result<String> {
-    let out = Command::new("psql")
-        .args([
-            url,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-c",
-            sql,
-        ])
+    let out = psql(url)
+        .args(["-c", sql])
         .output()
         .context("running psql")?;
     if !out.status.success() {
@@ -521,6 +524,33 @@ impl Api {
         .await
     }
 
+    /// Runs of experiment `id` recorded as succeeded (its progress).
+    pub(crate) async fn runs_succeeded(&self, id: &str) -> Result<u64> {
+        Ok(self.get(id).await?["progress"]["runs_succeeded"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Waits until experiment `id` has recorded at least `at_least`
+    /// successful runs, reading its progress every `poll`, at most `within`.
+    pub(crate) async fn wait_runs(
+        &self,
+        id: &str,
+        at_least: u64,
+        within: Duration,
+        poll: Duration,
+    ) -> Result<()> {
+        let until = Instant::now() + within;
+        while self.runs_succeeded(id).await? < at_least {
+            if Instant::now() > until {
+                bail!("experiment {id} did not record {at_least} runs within {within:?}");
+            }
+            // Polling the API: the only view of the server's progress.
+            tokio::time::sleep(poll).await;
+        }
+        Ok(())
+    }
+
     /// Stop; returns the HTTP status and body.
     pub(crate) async fn stop(&self, id: &str) -> Result<(u16, Value)> {
         self.json(
@@ -597,14 +627,4 @@ pub(crate) fn arithmetic(n: usize) -> impl Iterator<Item = Value> {
         let b = (i * 104_729) % 997;
         json!({"input": {"question": format!("What is {a} + {b}?")}, "expected": (a + b).to_string()})
     })
-}
-
-// ----------------------------------------------------------------- chaos
-// Added for `cargo xtask chaos`.
-
-impl ServerProcess {
-    /// Whether the current process is still running (it has not exited).
-    pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }

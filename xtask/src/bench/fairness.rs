@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::report::{FigureSpec, Goal, Run, jain};
@@ -223,17 +223,9 @@ pub(crate) async fn s6(ctx: &Ctx) -> Result<Run> {
     let a = api
         .experiment(&experiment_body(&a_data, "a", "slow", None, None))
         .await?;
-    let until = Instant::now() + Duration::from_secs(30);
-    while api.get(&a).await?["progress"]["runs_succeeded"]
-        .as_u64()
-        .unwrap_or(0)
-        == 0
-    {
-        if Instant::now() > until {
-            bail!("S6: experiment A recorded no run within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    api.wait_runs(&a, 1, Duration::from_secs(30), Duration::from_millis(50))
+        .await
+        .context("S6: experiment A")?;
     let with = run_to_end(
         &api,
         &experiment_body(&b_data, "b-with-a", "fast", None, None),

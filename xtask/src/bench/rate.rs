@@ -139,25 +139,15 @@ pub(crate) async fn s2(ctx: &Ctx) -> Result<Run> {
     let n = RUNS.get(ctx.quick);
     let mut run = Run::default();
     let mut details = serde_json::Map::new();
-    for (name, start) in [("high", LIMIT * 10.0), ("low", LIMIT / 10.0)] {
+    let starts = [
+        ("high", LIMIT * 10.0, "high_ratio", "high_429"),
+        ("low", LIMIT / 10.0, "low_ratio", "low_429"),
+    ];
+    for (name, start, ratio_key, share_key) in starts {
         let sub = ctx.sub(name)?;
         let (ratio, share, d) = limited(&sub, n, true, &[("initial_rps", json!(start))]).await?;
-        run.figure(
-            if name == "high" {
-                "high_ratio"
-            } else {
-                "low_ratio"
-            },
-            ratio,
-        );
-        run.figure(
-            if name == "high" {
-                "high_429"
-            } else {
-                "low_429"
-            },
-            share,
-        );
+        run.figure(ratio_key, ratio);
+        run.figure(share_key, share);
         details.insert(name.into(), d);
     }
     run.details = Value::Object(details);

@@ -3,17 +3,15 @@
 //! replica that takes over after the lease. S8: how fast a stop takes
 //! effect, on the owning replica and through another one (NOTIFY).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::report::{FigureSpec, Goal, Run};
 use super::{Ctx, Size, Spec, all_succeeded, sim_config, wait_end};
-use crate::harness::{
-    Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body, pg_exec,
-};
+use crate::chaos::db::Database;
+use crate::harness::{Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 const S7_LIMIT: f64 = 50.0;
 
@@ -94,47 +92,12 @@ pub(crate) const S7: Spec = Spec {
     postgres: true,
 };
 
-/// Successful runs in a SQLite file, read with the `sqlite3` command.
-fn sqlite_runs(path: &std::path::Path) -> Result<u64> {
-    let out = Command::new("sqlite3")
-        .arg(path)
-        .arg("SELECT count(*) FROM runs WHERE succeeded = 1")
-        .output()
-        .context("running sqlite3 (install the sqlite3 package)")?;
-    if !out.status.success() {
-        bail!("sqlite3 failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn pg_runs(url: &str) -> Result<u64> {
-    Ok(pg_exec(url, "SELECT count(*) FROM runs WHERE succeeded")?.parse()?)
-}
-
-async fn runs_recorded(api: &Api, id: &str) -> Result<u64> {
-    Ok(api.get(id).await?["progress"]["runs_succeeded"]
-        .as_u64()
-        .unwrap_or(0))
-}
-
-/// Waits until experiment `id` has recorded at least `at_least` runs.
-async fn wait_runs(api: &Api, id: &str, at_least: u64, within: Duration) -> Result<()> {
-    let until = Instant::now() + within;
-    while runs_recorded(api, id).await? < at_least {
-        if Instant::now() > until {
-            bail!("experiment {id} did not record {at_least} runs within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Polls `api` until experiment `id` shows more than `recorded` runs;
 /// returns the time of that reading.
 async fn wait_progress(api: &Api, id: &str, recorded: u64, within: Duration) -> Result<Instant> {
     let until = Instant::now() + within;
     loop {
-        if let Ok(now) = runs_recorded(api, id).await
+        if let Ok(now) = api.runs_succeeded(id).await
             && now > recorded
         {
             return Ok(Instant::now());
@@ -212,15 +175,20 @@ async fn kill_one(ctx: &Ctx, n: usize, deployment: Deployment) -> Result<Killed>
     let id = api
         .experiment(&experiment_body(&dataset, "s7", "sim", None, None))
         .await?;
-    wait_runs(&api, &id, n as u64 / 3, Duration::from_secs(120)).await?;
+    api.wait_runs(
+        &id,
+        n as u64 / 3,
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+    )
+    .await?;
 
     let before = sim.snapshot().await?;
     victim.kill9();
     let killed = Instant::now();
-    let at_kill = match &pg {
-        Some(db) => pg_runs(&db.url)?,
-        None => sqlite_runs(&ctx.dir.join("runnel.db"))?,
-    };
+    // No server is alive to ask: read the database itself.
+    let at_kill =
+        Database::from_url(&url).scalar("SELECT COUNT(*) FROM runs WHERE succeeded")? as u64;
     let follow = match &survivor {
         Some(server) => server.api(),
         None => {
@@ -391,7 +359,9 @@ pub(crate) async fn s8(ctx: &Ctx) -> Result<Run> {
         let id = api_a
             .experiment(&experiment_body(&dataset, key, "sim", None, None))
             .await?;
-        wait_runs(&api_a, &id, 100, Duration::from_secs(60)).await?;
+        api_a
+            .wait_runs(&id, 100, Duration::from_secs(60), Duration::from_millis(50))
+            .await?;
         let (latency, d) = stop_latency(via, &sim, &id).await?;
         let owner_view = api_a.get(&id).await?;
         if owner_view["status"] != "STOPPED" {

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::Spec;
 use super::report::{FigureSpec, Goal, Run};
-use super::{Ctx, Size, all_succeeded, deadline, run_to_end, sim_config};
+use super::{Ctx, Single, Size, all_succeeded, deadline, run_to_end, sim_config, wait_end};
 use crate::harness::{ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 const S3_RUNS: Size = Size::new(2000, 20_000);
@@ -195,8 +195,9 @@ pub(crate) const S4: Spec = Spec {
         format!(
             "{} runs; simulator without limits, latency exactly 1 s; provider entry \
              `unlimited = true`; scheduler max_concurrency = {S4_SLOTS}; one server on SQLite. \
-             Achieved concurrency = runs × 1 s ÷ (created_at → COMPLETED) (Little's law over \
-             the whole experiment, start-up and tail included). The simulator's in-flight count, \
+             Achieved concurrency = provider calls (one per run) × 1 s ÷ (created_at → \
+             COMPLETED) (Little's law over the whole experiment, start-up and tail included). \
+             The simulator's in-flight count, \
              sampled every 100 ms while calls are under way, is kept in the details.",
             S4_RUNS.get(quick)
         )
@@ -212,19 +213,16 @@ pub(crate) const S4: Spec = Spec {
 
 pub(crate) async fn s4(ctx: &Ctx) -> Result<Run> {
     let n = S4_RUNS.get(ctx.quick);
-    let sim = SimProcess::start(
-        &ctx.bin,
-        &ctx.dir,
+    let env = Single::start(
+        ctx,
         sim_config(None, false, 1000, 0, ctx.run),
+        &[("unlimited", json!(true))],
+        |t| t.set("scheduler", "max_concurrency", S4_SLOTS),
     )
     .await?;
-    let toml = ServerToml::new(&ctx.sqlite("runnel"))
-        .provider("sim", &sim.url, &[("unlimited", json!(true))])
-        .set("scheduler", "max_concurrency", S4_SLOTS);
-    let server = ServerProcess::start(&ctx.bin, &ctx.dir, "server", &toml.render(), &[]).await?;
-    let api = server.api();
-    let dataset = api.dataset("s4", arithmetic(n)).await?;
-    let id = api
+    let dataset = env.api.dataset("s4", arithmetic(n)).await?;
+    let id = env
+        .api
         .experiment(&experiment_body(&dataset, "s4", "sim", None, None))
         .await?;
     // Sample the simulator's in-flight count until the experiment ends.
@@ -232,7 +230,7 @@ pub(crate) async fn s4(ctx: &Ctx) -> Result<Run> {
     let ideal = n as f64 / S4_SLOTS as f64;
     let until = Instant::now() + deadline(ideal);
     loop {
-        let stats = sim.snapshot().await?;
+        let stats = env.sim.snapshot().await?;
         if stats.concurrency.current > 0 || !samples.is_empty() {
             samples.push(stats.concurrency.current);
         }
@@ -240,13 +238,13 @@ pub(crate) async fn s4(ctx: &Ctx) -> Result<Run> {
             break;
         }
         if Instant::now() > until {
-            anyhow::bail!("S4 did not finish within {:?}", deadline(ideal));
+            bail!("S4 did not finish within {:?}", deadline(ideal));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let done = super::wait_end(&api, &id, deadline(ideal), Duration::from_millis(100)).await?;
+    let done = wait_end(&env.api, &id, deadline(ideal), Duration::from_millis(100)).await?;
     all_succeeded(&done, n as u64)?;
-    let stats = sim.snapshot().await?;
+    let stats = env.sim.snapshot().await?;
     let achieved = stats.requests as f64 * 1.0 / done.seconds;
     let sampled = samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64;
     let mut run = Run {

@@ -3,6 +3,7 @@
 //! status with its `Retry-After`, or a connection error). The replica tests
 //! hold these records against the times each replica was down.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,19 @@ pub(crate) fn unexcused_failures(records: &[Record], downtime: &Downtime) -> Vec
             format!("{} to replica {} got {got}", r.what, r.target)
         })
         .collect()
+}
+
+/// Requests counted by kind and outcome (`stop 200`, `resume failed`, …).
+pub(crate) fn by_outcome(records: &[Record]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        let key = match r.code() {
+            Some(code) => format!("{} {code}", r.what),
+            None => format!("{} failed", r.what),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
 }
 
 /// The value of a metric in Prometheus text (summed over its label sets),

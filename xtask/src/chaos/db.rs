@@ -92,20 +92,8 @@ impl Database {
                 .arg(sql)
                 .output()
                 .context("running sqlite3")?,
-            Database::Postgres(url) => Command::new("psql")
-                .args([
-                    url.as_str(),
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                ])
-                .arg("-F")
-                .arg(SEP)
-                .arg("-c")
-                .arg(sql)
+            Database::Postgres(url) => crate::harness::psql(url)
+                .args(["-F", SEP, "-c", sql])
                 .output()
                 .context("running psql")?,
         };
@@ -229,8 +217,8 @@ impl Database {
     }
 
     /// Every row of every runnel table as text (PostgreSQL: `row_to_json`;
-    /// SQLite: every byte of the database file, its WAL and everything beside
-    /// it), for searching a secret.
+    /// SQLite: every byte of the database file and of the files named after
+    /// it: its WAL, shared-memory and journal files), for searching a secret.
     pub(crate) fn dump(&self) -> Result<String> {
         match self {
             Database::Postgres(_) => {

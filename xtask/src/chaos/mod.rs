@@ -21,7 +21,7 @@
 
 mod client;
 mod database;
-mod db;
+pub(crate) mod db;
 mod hostile;
 mod provider;
 mod replicas;
@@ -433,6 +433,25 @@ pub(crate) fn server_toml(database_url: &str, sim_url: &str) -> harness::ServerT
         .set("scheduler", "backoff_base", "100ms")
         .set("scheduler", "backoff_max", "1s")
         .set("scheduler", "shutdown_grace", "2s")
+}
+
+/// Adds `task` (OpenAI-compatible) and `judge` (Anthropic), both at the
+/// simulator `sim_url`, unlimited on runnel's side, each sending the key
+/// read from the environment variable `key_env`.
+pub(crate) fn keyed_providers(
+    toml: harness::ServerToml,
+    sim_url: &str,
+    key_env: &str,
+) -> harness::ServerToml {
+    toml.provider(
+        "task",
+        sim_url,
+        &[("unlimited", json!(true)), ("api_key_env", json!(key_env))],
+    )
+    .set("providers.judge", "kind", "anthropic")
+    .set("providers.judge", "base_url", sim_url)
+    .set("providers.judge", "api_key_env", key_env)
+    .set("providers.judge", "unlimited", true)
 }
 
 /// Polls experiment `id` until `done` says its view is final (at most

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::client::metric_value;
@@ -41,16 +41,7 @@ async fn stack(
 ) -> Result<(SimProcess, ServerProcess, Database)> {
     let sim = SimProcess::start(&ctx.bin, dir, sim).await?;
     let url = format!("sqlite://{}", dir.join("runnel.db").display());
-    let toml = ServerToml::new(&url)
-        .provider(
-            "task",
-            &sim.url,
-            &[("unlimited", json!(true)), ("api_key_env", json!(KEY_ENV))],
-        )
-        .set("providers.judge", "kind", "anthropic")
-        .set("providers.judge", "base_url", sim.url.clone())
-        .set("providers.judge", "api_key_env", KEY_ENV)
-        .set("providers.judge", "unlimited", true)
+    let toml = super::keyed_providers(ServerToml::new(&url), &sim.url, KEY_ENV)
         .set("scheduler", "backoff_base", "100ms")
         .set("scheduler", "backoff_max", "1s")
         .set("scheduler", "cooldown", "1s");
@@ -59,21 +50,10 @@ async fn stack(
     Ok((sim, server, Database::from_url(&url)))
 }
 
-async fn progress(api: &Api, id: &str) -> Result<u64> {
-    Ok(api.get(id).await?["progress"]["runs_succeeded"]
-        .as_u64()
-        .unwrap_or(0))
-}
-
+/// Waits until experiment `id` has at least `n` successful runs.
 async fn wait_runs(api: &Api, id: &str, n: u64) -> Result<()> {
-    let until = Instant::now() + Duration::from_secs(120);
-    while progress(api, id).await? < n {
-        if Instant::now() > until {
-            bail!("experiment {id} did not reach {n} runs");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    api.wait_runs(id, n, Duration::from_secs(120), Duration::from_millis(100))
+        .await
 }
 
 pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
@@ -116,7 +96,7 @@ async fn outage(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let began = Instant::now();
     tokio::time::sleep(outage_for).await;
     let during = sim.snapshot().await?;
-    let runs_at_end = progress(&api, &id).await?;
+    let runs_at_end = api.runs_succeeded(&id).await?;
     sim.update(json!({"outage": {"active": false}})).await?;
     let ended = Instant::now();
     report.fault("provider outage (connections reset)", 1);
@@ -129,7 +109,7 @@ async fn outage(ctx: &Ctx, report: &mut Report) -> Result<()> {
 
     // The work resumes by itself.
     let resumed = loop {
-        if progress(&api, &id).await? > runs_at_end {
+        if api.runs_succeeded(&id).await? > runs_at_end {
             break Some(ended.elapsed());
         }
         if ended.elapsed() > cooldown * 2 + Duration::from_secs(30) {

@@ -29,7 +29,9 @@ use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{Client, Downtime, Outcome, check_answers, metric_value, unexcused_failures};
+use super::client::{
+    Client, Downtime, Outcome, by_outcome, check_answers, metric_value, unexcused_failures,
+};
 use super::db::Database;
 use super::rng::Rng;
 use super::{Ctx, PgDb, Report};
@@ -579,14 +581,8 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         .map(|t| t.downtime.clone())
         .unwrap_or_default();
     let unexcused = unexcused_failures(&records, &downtime);
-    let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
     let mut unexpected = Vec::new();
     for r in &records {
-        let key = match &r.outcome {
-            Outcome::Status { code, .. } => format!("{} {code}", r.what),
-            Outcome::Failed(_) => format!("{} failed", r.what),
-        };
-        *by_outcome.entry(key).or_default() += 1;
         if let Outcome::Status {
             code, retry_after, ..
         } = &r.outcome
@@ -605,7 +601,7 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         }
     }
     report.requests += records.len() as u64;
-    report.figure("client requests by outcome", json!(by_outcome));
+    report.figure("client requests by outcome", json!(by_outcome(&records)));
     check_answers(report, &unexcused, &unexpected);
     let excused = records
         .iter()

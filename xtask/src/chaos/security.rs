@@ -5,8 +5,8 @@
 //!   rejects it with a 401 that repeats it. After experiments ran through
 //!   both (with trace-level JSON logs), no fragment of the key may appear in
 //!   any table (PostgreSQL: every row of every table as JSON; SQLite: every
-//!   byte of the file, its WAL and the files beside it), any log line, the
-//!   metrics, any API response or event, or `runnel config`.
+//!   byte of the file and of the files named after it, such as its WAL), any
+//!   log line, the metrics, any API response or event, or `runnel config`.
 //! - **API keys.** With `auth.api_keys` set, every `/v1` route answers 401
 //!   with `WWW-Authenticate` to no key and to near-miss keys (a prefix, one
 //!   character changed, another case, another scheme), and accepts the key;
@@ -85,21 +85,12 @@ async fn one_database(
         json!({"accepted_keys": ["sk-some-other-key-entirely-000000000000"]}),
     )
     .await?;
-    let toml = ServerToml::new(url)
-        .provider(
-            "task",
-            &good.url,
-            &[("unlimited", json!(true)), ("api_key_env", json!(KEY_ENV))],
-        )
+    let toml = super::keyed_providers(ServerToml::new(url), &good.url, KEY_ENV)
         .provider(
             "leaky",
             &leaky.url,
             &[("unlimited", json!(true)), ("api_key_env", json!(KEY_ENV))],
         )
-        .set("providers.judge", "kind", "anthropic")
-        .set("providers.judge", "base_url", good.url.clone())
-        .set("providers.judge", "api_key_env", KEY_ENV)
-        .set("providers.judge", "unlimited", true)
         .set(
             "auth",
             "api_keys",

@@ -17,7 +17,6 @@
 //! - after the killed replica is back, a resume completes every experiment
 //!   with exactly one run per example and one annotation per run.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,9 @@ use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::json;
 
-use super::client::{Client, Downtime, Outcome, check_answers, metric_value, unexcused_failures};
+use super::client::{
+    Client, Downtime, Outcome, by_outcome, check_answers, metric_value, unexcused_failures,
+};
 use super::db::Database;
 use super::replicas::{AUDIT_SQL, Timeline, audit, replica_id};
 use super::rng::Rng;
@@ -169,32 +170,27 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         .map(|t| t.downtime.clone())
         .unwrap_or_default();
     let unexcused = unexcused_failures(&records, &downtime);
-    let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
     let mut bad = Vec::new();
     for r in &records {
-        match &r.outcome {
-            Outcome::Status {
-                code, retry_after, ..
-            } => {
-                *by_outcome.entry(format!("{} {code}", r.what)).or_default() += 1;
-                match code {
-                    200 => {}
-                    409 => {
-                        let ok = retry_after
-                            .as_deref()
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .is_some_and(|s| (1..=COOLDOWN.as_secs().max(1)).contains(&s));
-                        if !ok {
-                            bad.push(format!("409 with Retry-After {retry_after:?}"));
-                        }
-                    }
-                    c if *c >= 500 => {}
-                    c => bad.push(format!("{} got {c}", r.what)),
+        let Outcome::Status {
+            code, retry_after, ..
+        } = &r.outcome
+        else {
+            continue;
+        };
+        match code {
+            200 => {}
+            409 => {
+                let ok = retry_after
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|s| (1..=COOLDOWN.as_secs().max(1)).contains(&s));
+                if !ok {
+                    bad.push(format!("409 with Retry-After {retry_after:?}"));
                 }
             }
-            Outcome::Failed(_) => {
-                *by_outcome.entry(format!("{} failed", r.what)).or_default() += 1;
-            }
+            c if *c >= 500 => {}
+            c => bad.push(format!("{} got {c}", r.what)),
         }
     }
     report.figure(
@@ -207,7 +203,7 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             (killed_at - started).as_secs_f64()
         ),
     );
-    report.figure("answers", json!(by_outcome));
+    report.figure("answers", json!(by_outcome(&records)));
     check_answers(report, &unexcused, &bad);
 
     // The cooldown, from the database's own log of toggles.
