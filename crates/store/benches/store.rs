@@ -17,7 +17,9 @@
 //! 10,000), `RUNNEL_BENCH_ROUNDS` (default 5), `RUNNEL_BENCH_DATABASES`
 //! (`sqlite`, `postgres`; default both), `RUNNEL_BENCH_SKIP_PAGES`,
 //! `RUNNEL_BENCH_WINDOW_US` and `RUNNEL_BENCH_BATCH_WRITERS` (batching
-//! settings to compare; default the store's defaults).
+//! settings to compare; default the store's defaults). `--quick` (passed by
+//! `cargo xtask bench --quick`) divides the default large dataset and the
+//! writes by ten; under `cargo test` a small smoke run only checks it works.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,9 +41,20 @@ fn measuring() -> bool {
     *MEASURING.get_or_init(|| std::env::args().any(|a| a == "--bench"))
 }
 
-/// `measured` when measuring, `smoke` in a smoke run.
+/// `cargo xtask bench --quick` passes `--quick`: a tenth of the sizes.
+fn quick() -> bool {
+    static QUICK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *QUICK.get_or_init(|| std::env::args().any(|a| a == "--quick"))
+}
+
+/// `measured` when measuring (a tenth of it with `--quick`), `smoke` in a
+/// smoke run.
 fn size(measured: usize, smoke: usize) -> usize {
-    if measuring() { measured } else { smoke }
+    match (measuring(), quick()) {
+        (false, _) => smoke,
+        (true, true) => measured / 10,
+        (true, false) => measured,
+    }
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -252,7 +265,7 @@ async fn bulk_done(kind: DatabaseKind, url: &str, claim: &Claim, ids: &[ExampleI
 async fn page_times(kind: DatabaseKind, url: &str, rounds: usize) {
     let large = env("RUNNEL_BENCH_LARGE", size(1_000_000, 20_000));
     let db = Db::connect(&StoreConfig::for_url(url)).await.unwrap();
-    for size in [size(10_000, 5_000), large] {
+    for size in [if measuring() { 10_000 } else { 5_000 }, large] {
         let build = Instant::now();
         let dataset = db.create_dataset("pages", &[]).await.unwrap();
         const CHUNK: usize = 20_000;
