@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Distribution, OutageMode, OutageWindow, SimConfig};
+use crate::config::{
+    Algorithm, Dialect, Distribution, OutageMode, OutageWindow, QuotaStyle, SimConfig,
+};
 use crate::error::Error;
 use crate::server::Sim;
 
@@ -46,9 +48,30 @@ pub struct Args {
     /// Separate limits per key and model.
     #[arg(long)]
     pub per_model: bool,
-    /// Bare 429s, and no rate-limit headers at all.
+    /// Bare 429s, and no rate-limit headers at all (the same as `--dialect none`).
     #[arg(long)]
     pub headerless: bool,
+    /// Which provider's rate-limit headers and 429s to imitate [default: openai].
+    #[arg(long, value_enum)]
+    pub dialect: Option<Dialect>,
+    /// How rps, rpm and tpm are enforced [default: bucket].
+    #[arg(long, value_enum)]
+    pub algorithm: Option<Algorithm>,
+    /// Window of the fixed_window and sliding_window algorithms, e.g. "10s" (the default).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub window: Option<Duration>,
+    /// Requests per day allowed per key (fixed days from the start).
+    #[arg(long, value_name = "N")]
+    pub rpd: Option<f64>,
+    /// Share in [0, 1) of every limit used by a hidden second client.
+    #[arg(long, value_name = "SHARE")]
+    pub hidden_share: Option<f64>,
+    /// Answer every request of a key with quota exhaustion after this many admitted.
+    #[arg(long, value_name = "N")]
+    pub quota_after: Option<u64>,
+    /// How quota exhaustion is answered [default: openai].
+    #[arg(long, value_enum)]
+    pub quota_style: Option<QuotaStyle>,
     /// Base latency before each response, e.g. "200ms".
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub latency: Option<Duration>,
@@ -141,7 +164,17 @@ impl Args {
         config.require_key |= self.require_key;
         config.limits.per_model |= self.per_model;
         config.limits.headerless |= self.headerless;
-        config.limits.burst = self.burst.unwrap_or(config.limits.burst);
+        let limits = &mut config.limits;
+        limits.burst = self.burst.unwrap_or(limits.burst);
+        limits.dialect = self.dialect.unwrap_or(limits.dialect);
+        limits.algorithm = self.algorithm.unwrap_or(limits.algorithm);
+        limits.window = self.window.unwrap_or(limits.window);
+        set(&mut limits.rpd, self.rpd);
+        limits.hidden_share = self.hidden_share.unwrap_or(limits.hidden_share);
+        if self.quota_after.is_some() {
+            limits.quota_after = self.quota_after;
+        }
+        limits.quota_style = self.quota_style.unwrap_or(limits.quota_style);
         let latency = &mut config.latency;
         latency.base = self.latency.unwrap_or(latency.base);
         latency.jitter = self.jitter.unwrap_or(latency.jitter);
@@ -179,16 +212,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
     sim.shutdown().await;
     waited.map_err(Error::Signal)?;
     println!(
-        "runnel sim stopped: {} requests ({} ok, {} rate limited, {} 5xx, {} 529, {} reset, {} malformed, {} refused), peak concurrency {}",
+        "runnel sim stopped: {} requests ({} ok, {} rate limited of which {} quota exhausted, {} 5xx, {} 529, {} reset, {} malformed, {} refused), peak concurrency {}, {} repeated successes, {} hidden requests",
         stats.requests,
         stats.classes.ok,
         stats.classes.rate_limited,
+        stats.quota_exhausted,
         stats.classes.server_error,
         stats.classes.overloaded,
         stats.classes.reset,
         stats.classes.malformed,
         stats.classes.refused,
         stats.concurrency.peak,
+        stats.repeated_successes,
+        stats.hidden,
     );
     Ok(())
 }
@@ -273,6 +309,62 @@ mod tests {
         assert_eq!(config.outage.mode, OutageMode::Unavailable);
         assert_eq!(config.replies.text_tokens, Some(12));
         assert_eq!(config.seed, 7);
+    }
+
+    #[test]
+    fn dialect_flags_become_config() {
+        let config = parse(&[
+            "--rps",
+            "20",
+            "--dialect",
+            "daily",
+            "--algorithm",
+            "sliding_window",
+            "--window",
+            "1s",
+            "--rpd",
+            "14400",
+            "--hidden-share",
+            "0.3",
+            "--quota-after",
+            "100",
+            "--quota-style",
+            "long_retry",
+        ])
+        .unwrap();
+        let limits = &config.limits;
+        assert_eq!(limits.dialect, Dialect::Daily);
+        assert_eq!(limits.algorithm, Algorithm::SlidingWindow);
+        assert_eq!(limits.window, Duration::from_secs(1));
+        assert_eq!(limits.rpd, Some(14400.0));
+        assert_eq!(limits.hidden_share, 0.3);
+        assert_eq!(limits.quota_after, Some(100));
+        assert_eq!(limits.quota_style, QuotaStyle::LongRetry);
+        for (flag, want) in [
+            ("openai", Dialect::OpenAi),
+            ("bucket", Dialect::Bucket),
+            ("remaining", Dialect::Remaining),
+            ("anthropic", Dialect::Anthropic),
+            ("together", Dialect::Together),
+            ("none", Dialect::None),
+        ] {
+            assert_eq!(parse(&["--dialect", flag]).unwrap().limits.dialect, want);
+        }
+        let config = parse(&["--algorithm", "fixed_window", "--quota-style", "gemini"]).unwrap();
+        assert_eq!(config.limits.algorithm, Algorithm::FixedWindow);
+        assert_eq!(config.limits.quota_style, QuotaStyle::Gemini);
+    }
+
+    #[test]
+    fn bad_dialect_flags_are_named() {
+        let err = parse(&["--hidden-share", "1"]).unwrap_err();
+        assert!(err.contains("limits.hidden_share"), "{err}");
+        let err = parse(&["--window", "0s"]).unwrap_err();
+        assert!(err.contains("limits.window"), "{err}");
+        let err = parse(&["--rpd", "0"]).unwrap_err();
+        assert!(err.contains("limits.rpd"), "{err}");
+        let err = parse(&["--dialect", "groq"]).unwrap_err();
+        assert!(err.contains("groq") && err.contains("daily"), "{err}");
     }
 
     #[test]

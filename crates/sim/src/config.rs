@@ -68,9 +68,10 @@ impl Default for SimConfig {
     }
 }
 
-/// Rate limits, each a token bucket per key (the API key, or the API key and
-/// the model with `per_model`). A limit that is not set is not enforced and
-/// its headers are not sent.
+/// Rate limits per key (the API key, or the API key and the model with
+/// `per_model`), how they are enforced (`algorithm`), and how they are
+/// announced (`dialect`). A limit that is not set is not enforced and its
+/// headers are not sent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -80,17 +81,41 @@ pub struct LimitsConfig {
     pub rpm: Option<f64>,
     /// Tokens (prompt + completion) per minute. Default: none.
     pub tpm: Option<f64>,
-    /// How much refill time a bucket holds: its capacity is `rate × burst`
-    /// (at least one request). Default `1s`, so an idle key can send one
-    /// second's worth at once, like the real services.
+    /// How much refill time a bucket holds (`algorithm: bucket`): its
+    /// capacity is `rate × burst` (at least one request). Default `1s`, so
+    /// an idle key can send one second's worth at once, like the real
+    /// services.
     #[serde(with = "crate::duration")]
     pub burst: Duration,
-    /// Keep separate buckets per API key *and* model (OpenAI's scope) instead
+    /// Keep separate limits per API key *and* model (OpenAI's scope) instead
     /// of per API key (Anthropic's). Default false.
     pub per_model: bool,
-    /// Answer over-limit requests with a bare 429: no body, no `retry-after`,
-    /// and no rate-limit headers on any response. Default false.
+    /// The old name of `dialect: none`: when true, the dialect is `none`
+    /// whatever `dialect` says. Default false.
     pub headerless: bool,
+    /// Which provider's rate-limit headers and 429s to imitate. Default
+    /// `openai`.
+    pub dialect: Dialect,
+    /// How `rps`, `rpm` and `tpm` are enforced. Default `bucket`.
+    pub algorithm: Algorithm,
+    /// The window of the `fixed_window` and `sliding_window` algorithms.
+    /// Default `10s`.
+    #[serde(with = "crate::duration")]
+    pub window: Duration,
+    /// Requests per day, counted in fixed days from the simulator's start
+    /// (or the last reset), whatever the algorithm. Announced only by the
+    /// `daily` dialect. Default: none.
+    pub rpd: Option<f64>,
+    /// Share, in `[0, 1)`, of every key's request and token capacity used by
+    /// a hidden second client that sends continuously at this share of each
+    /// limit's rate. Default 0.
+    pub hidden_share: f64,
+    /// After this many admitted requests on a key, every further request on
+    /// it gets a quota-exhaustion 429 (see `quota_style`) until a config
+    /// change raises or removes this. Default: none.
+    pub quota_after: Option<u64>,
+    /// How quota exhaustion is answered. Default `openai`.
+    pub quota_style: QuotaStyle,
 }
 
 impl Default for LimitsConfig {
@@ -102,8 +127,93 @@ impl Default for LimitsConfig {
             burst: Duration::from_secs(1),
             per_model: false,
             headerless: false,
+            dialect: Dialect::default(),
+            algorithm: Algorithm::default(),
+            window: Duration::from_secs(10),
+            rpd: None,
+            hidden_share: 0.0,
+            quota_after: None,
+            quota_style: QuotaStyle::default(),
         }
     }
+}
+
+impl LimitsConfig {
+    /// The dialect in force: `none` when `headerless` is set.
+    pub fn effective_dialect(&self) -> Dialect {
+        if self.headerless {
+            Dialect::None
+        } else {
+            self.dialect
+        }
+    }
+}
+
+/// The rate-limit dialects of real providers (see the crate documentation
+/// for the exact headers of each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// OpenAI: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of a
+    /// per-minute bucket, resets as durations (`"20ms"`, `"6m0s"`).
+    #[default]
+    #[serde(rename = "openai")]
+    #[value(name = "openai")]
+    OpenAi,
+    /// A server whose `x-ratelimit-*` headers describe its enforcing bucket:
+    /// limit = its capacity, reset = time until it is full.
+    Bucket,
+    /// Groq: the `-requests` headers describe the per-day limit (`rpd`), the
+    /// `-tokens` headers tokens per minute; the binding per-second or
+    /// per-minute request limit is announced by no header.
+    Daily,
+    /// Azure OpenAI: only `x-ratelimit-remaining-{requests,tokens}`.
+    Remaining,
+    /// Anthropic: `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+    /// per minute, resets as RFC 3339 times.
+    Anthropic,
+    /// Together: `x-ratelimit-{limit,remaining,reset}` and
+    /// `x-tokenlimit-{limit,remaining}` per second.
+    Together,
+    /// No rate-limit headers; over the limit a bare 429.
+    None,
+}
+
+/// How a rate is enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Token buckets of `rate × burst` refilling continuously.
+    #[default]
+    Bucket,
+    /// At most `rate × window` per window; windows follow each other from
+    /// the simulator's start, and each starts empty.
+    #[value(name = "fixed_window", alias = "fixed-window")]
+    FixedWindow,
+    /// At most `rate × window` in any trailing `window`.
+    #[value(name = "sliding_window", alias = "sliding-window")]
+    SlidingWindow,
+}
+
+/// How a key whose quota is used up (`quota_after`) is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaStyle {
+    /// 429 `insufficient_quota` ("You exceeded your current quota…"), no
+    /// `retry-after`.
+    #[default]
+    #[serde(rename = "openai")]
+    #[value(name = "openai")]
+    OpenAi,
+    /// 429 `rate_limit_error` with `error.details.error_code:
+    /// "enforced_spend_limit_reached"`, no `retry-after`.
+    Anthropic,
+    /// 429 `RESOURCE_EXHAUSTED` with a per-day `QuotaFailure` and a
+    /// `RetryInfo`.
+    Gemini,
+    /// An ordinary rate-limit 429 whose `retry-after` is an hour.
+    #[value(name = "long_retry", alias = "long-retry")]
+    LongRetry,
 }
 
 /// Response latency: `base`, spread by `jitter` according to `distribution`,
@@ -369,6 +479,24 @@ impl SimConfig {
         }
         if self.limits.burst.is_zero() {
             return Err(Error::config("limits.burst", "must be greater than zero"));
+        }
+        if self.limits.window.is_zero() {
+            return Err(Error::config("limits.window", "must be greater than zero"));
+        }
+        if let Some(rpd) = self.limits.rpd
+            && !(rpd.is_finite() && rpd >= 1.0)
+        {
+            return Err(Error::config(
+                "limits.rpd",
+                format!("must be a number of requests of at least 1, not {rpd}"),
+            ));
+        }
+        let share = self.limits.hidden_share;
+        if !(0.0..1.0).contains(&share) {
+            return Err(Error::config(
+                "limits.hidden_share",
+                format!("must be at least 0 and less than 1, not {share}"),
+            ));
         }
         let f = &self.faults;
         let rates = [

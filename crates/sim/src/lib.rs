@@ -148,6 +148,7 @@ mod body;
 mod cli;
 mod clock;
 mod config;
+mod dialect;
 pub mod duration;
 mod error;
 mod limiter;
@@ -160,8 +161,8 @@ mod stats;
 pub use cli::{Args, DEFAULT_CLI_LISTEN, run, run_blocking};
 pub use clock::{ManualClock, SimClock};
 pub use config::{
-    Distribution, FaultsConfig, LatencyConfig, LimitsConfig, MAX_TEXT_TOKENS, OutageConfig,
-    OutageMode, OutageWindow, ReplyConfig, SimConfig,
+    Algorithm, Dialect, Distribution, FaultsConfig, LatencyConfig, LimitsConfig, MAX_TEXT_TOKENS,
+    OutageConfig, OutageMode, OutageWindow, QuotaStyle, ReplyConfig, SimConfig,
 };
 pub use error::Error;
 pub use reply::{Reply, ReplyKind, estimate_tokens, reply};

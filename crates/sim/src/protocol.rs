@@ -61,8 +61,10 @@ pub(crate) enum ErrorKind {
     MethodNotAllowed,
     /// 413.
     TooLarge,
-    /// 429.
+    /// 429 of a request limit.
     RateLimit,
+    /// 429 of a token limit (OpenAI and Groq say so in `type`).
+    TokenLimit,
     /// 500, 502, 503.
     Server,
     /// 529.
@@ -471,6 +473,7 @@ impl Api {
                     | ErrorKind::TooLarge => ("invalid_request_error", None),
                     ErrorKind::Authentication => ("invalid_request_error", Some("invalid_api_key")),
                     ErrorKind::RateLimit => ("requests", Some("rate_limit_exceeded")),
+                    ErrorKind::TokenLimit => ("tokens", Some("rate_limit_exceeded")),
                     ErrorKind::Server => ("server_error", None),
                     ErrorKind::Overloaded => ("overloaded_error", None),
                 };
@@ -491,7 +494,7 @@ impl Api {
                     ErrorKind::Authentication => "authentication_error",
                     ErrorKind::NotFound => "not_found_error",
                     ErrorKind::TooLarge => "request_too_large",
-                    ErrorKind::RateLimit => "rate_limit_error",
+                    ErrorKind::RateLimit | ErrorKind::TokenLimit => "rate_limit_error",
                     ErrorKind::Server => "api_error",
                     ErrorKind::Overloaded => "overloaded_error",
                 };

@@ -7,6 +7,7 @@
 //! marks its connection, and the socket is closed with `SO_LINGER = 0` (a
 //! TCP RST) when hyper drops it after the handler fails or the body errors.
 
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -31,9 +32,11 @@ use tokio::task::JoinSet;
 
 use crate::body::{Events, SimBody};
 use crate::clock::SimClock;
+use crate::config::Dialect;
 use crate::config::{Fault, OutageMode, SimConfig};
+use crate::dialect::{self, Header};
 use crate::error::Error;
-use crate::limiter::{LimitStatus, Limiter};
+use crate::limiter::{Limiter, Verdict};
 use crate::protocol::{Api, Completion, ErrorKind};
 use crate::reply::{estimate_tokens, reply};
 use crate::rng::Rng;
@@ -82,7 +85,10 @@ impl Shared {
     }
 
     fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.clock.elapsed())
+        let now = self.clock.elapsed();
+        let mut snapshot = self.stats.snapshot(now);
+        snapshot.hidden = self.limiter().hidden(now, &self.config().limits);
+        snapshot
     }
 
     fn reset(&self) {
@@ -594,22 +600,45 @@ async fn provider(
     } else {
         api_key
     };
-    let decision = shared.limiter().check(
-        &key,
-        now,
-        &config.limits,
-        Some(prompt_tokens + completion_tokens),
-    );
+    let cost = prompt_tokens + completion_tokens;
+    let decision = shared.limiter().check(&key, now, &config.limits, cost);
+    let dialect = dialect::on_route(config.limits.effective_dialect(), api);
     let wall = shared.wall(now);
-    let headerless = config.limits.headerless;
-    let limit_headers = |response: &mut Response<SimBody>| {
-        if !headerless {
-            rate_limit_headers(response.headers_mut(), api, &decision.status, wall);
+    let headers = dialect::limit_headers(dialect, &decision.status, wall);
+    let limit_headers = |response: &mut Response<SimBody>| attach(response, &headers);
+    match decision.verdict {
+        Verdict::Admitted => {}
+        Verdict::Limited { wait, by } => {
+            record(&key, Class::RateLimited, None);
+            let (kind, message) =
+                dialect::limit_message(dialect, &parsed.model, by, &decision.status, cost, wait);
+            return Ok(rate_limited(api, dialect, wait, kind, &message, &headers));
         }
-    };
-    if let Some(wait) = decision.retry_after {
-        record(&key, Class::RateLimited, None);
-        return Ok(rate_limited(api, wait, headerless, limit_headers));
+        Verdict::QuotaExhausted => {
+            record(&key, Class::QuotaExhausted, None);
+            let style = config.limits.quota_style;
+            let mut response = match dialect::quota_body(style, &parsed.model, now) {
+                Some(body) => json(StatusCode::TOO_MANY_REQUESTS, body),
+                None => {
+                    let message = format!(
+                        "Rate limit reached for {}. Please try again in {}. (simulated)",
+                        parsed.model,
+                        dialect::format_reset(dialect::LONG_RETRY)
+                    );
+                    let kind = ErrorKind::RateLimit;
+                    return Ok(rate_limited(
+                        api,
+                        dialect,
+                        dialect::LONG_RETRY,
+                        kind,
+                        &message,
+                        &headers,
+                    ));
+                }
+            };
+            limit_headers(&mut response);
+            return Ok(response);
+        }
     }
 
     let fault = config.faults.draw(&mut rng);
@@ -688,6 +717,9 @@ async fn provider(
         }
         Fault::None => {
             record(&key, Class::Ok, Some((prompt_tokens, completion_tokens)));
+            shared
+                .stats
+                .success(digest(api, &parsed.model, &parsed.prompt));
             if parsed.stream {
                 let events = api.events(&completion, parsed.include_usage, false);
                 stream(Events::new(events, pace, Some(in_flight)))
@@ -715,129 +747,43 @@ fn stream(events: Events) -> Response<SimBody> {
     response
 }
 
+/// A rate-limit 429 in `dialect`: a bare one for `none`, else the API's
+/// error body with `message`, the dialect's retry headers and `headers`.
 fn rate_limited(
     api: Api,
+    dialect: Dialect,
     wait: Duration,
-    headerless: bool,
-    limit_headers: impl Fn(&mut Response<SimBody>),
+    kind: ErrorKind,
+    message: &str,
+    headers: &[Header],
 ) -> Response<SimBody> {
-    if headerless {
+    if dialect == Dialect::None {
         let mut response = Response::new(SimBody::full(Bytes::new()));
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         return response;
     }
-    let millis = u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-    let seconds = millis.div_ceil(1000);
-    let message = format!("Rate limit reached (simulated). Please try again in {millis}ms.");
-    let mut response = error(
-        api,
-        StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::RateLimit,
-        &message,
-    );
-    let headers = response.headers_mut();
-    headers.insert("retry-after-ms", HeaderValue::from(millis));
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    limit_headers(&mut response);
+    let mut response = error(api, StatusCode::TOO_MANY_REQUESTS, kind, message);
+    attach(&mut response, &dialect::retry_headers(dialect, wait));
+    attach(&mut response, headers);
     response
 }
 
-/// Header names of the two styles: `[limit, remaining, reset]` for the
-/// request limit, then for the token limit.
-const OPENAI_LIMIT_HEADERS: [[&str; 3]; 2] = [
-    [
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-reset-requests",
-    ],
-    [
-        "x-ratelimit-limit-tokens",
-        "x-ratelimit-remaining-tokens",
-        "x-ratelimit-reset-tokens",
-    ],
-];
-const ANTHROPIC_LIMIT_HEADERS: [[&str; 3]; 2] = [
-    [
-        "anthropic-ratelimit-requests-limit",
-        "anthropic-ratelimit-requests-remaining",
-        "anthropic-ratelimit-requests-reset",
-    ],
-    [
-        "anthropic-ratelimit-tokens-limit",
-        "anthropic-ratelimit-tokens-remaining",
-        "anthropic-ratelimit-tokens-reset",
-    ],
-];
-
-fn rate_limit_headers(
-    headers: &mut HeaderMap,
-    api: Api,
-    status: &LimitStatus,
-    wall: DateTime<Utc>,
-) {
-    let names = match api {
-        Api::OpenAi => &OPENAI_LIMIT_HEADERS,
-        Api::Anthropic => &ANTHROPIC_LIMIT_HEADERS,
-    };
-    for (names, report) in names.iter().zip([status.requests, status.tokens]) {
-        let Some(report) = report else { continue };
-        let reset = match api {
-            Api::OpenAi => format_reset(report.reset),
-            Api::Anthropic => reset_time(wall, report.reset),
-        };
-        let values = [
-            report.per_minute.to_string(),
-            report.remaining.to_string(),
-            reset,
-        ];
-        for (name, value) in names.iter().zip(values) {
-            if let Ok(value) = HeaderValue::try_from(value) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
+fn attach(response: &mut Response<SimBody>, headers: &[Header]) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::try_from(value.as_str()) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
         }
     }
 }
 
-/// OpenAI's reset notation: `"850ms"` under a second, else `"1s"`,
-/// `"1.5s"`, `"6m0s"`, `"1h2m3s"` (milliseconds rounded up).
-pub(crate) fn format_reset(d: Duration) -> String {
-    let ms = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-    if ms == 0 {
-        return "0s".to_owned();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let (hours, minutes, second_ms) = (ms / 3_600_000, ms / 60_000 % 60, ms % 60_000);
-    let mut out = String::new();
-    if hours > 0 {
-        out.push_str(&format!("{hours}h"));
-    }
-    if hours > 0 || minutes > 0 {
-        out.push_str(&format!("{minutes}m"));
-    }
-    out.push_str(&(second_ms / 1000).to_string());
-    let fraction = second_ms % 1000;
-    if fraction > 0 {
-        let digits = format!("{fraction:03}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
-    }
-    out.push('s');
-    out
-}
-
-/// Anthropic's reset notation: the RFC 3339 time when the bucket is full,
-/// rounded up to the second.
-fn reset_time(wall: DateTime<Utc>, reset: Duration) -> String {
-    let at = chrono::Duration::from_std(reset)
-        .ok()
-        .and_then(|d| wall.checked_add_signed(d))
-        .unwrap_or(wall);
-    let whole = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
-    DateTime::from_timestamp(whole, 0)
-        .unwrap_or(at)
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
+/// The identity of a request's content for `repeated_successes`: route,
+/// model and prompt (every message's text, the system prompt first).
+fn digest(api: Api, model: &str, prompt: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (api == Api::OpenAi, model, prompt).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -866,38 +812,6 @@ mod tests {
         .expect("every connection was queued");
         assert_eq!(all.len(), 600);
         drop(listener);
-    }
-
-    #[test]
-    fn reset_notation_matches_openai() {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (Duration::from_micros(1), "1ms"),
-            (Duration::from_millis(850), "850ms"),
-            (Duration::from_secs(1), "1s"),
-            (Duration::from_millis(1500), "1.5s"),
-            (Duration::from_millis(1234), "1.234s"),
-            (Duration::from_secs(360), "6m0s"),
-            (Duration::from_millis(90_500), "1m30.5s"),
-            (Duration::from_secs(3723), "1h2m3s"),
-        ];
-        for (d, want) in cases {
-            assert_eq!(format_reset(d), want, "{d:?}");
-        }
-    }
-
-    #[test]
-    fn reset_time_rounds_up_to_the_second() {
-        let wall = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        assert_eq!(reset_time(wall, Duration::ZERO), "2023-11-14T22:13:20Z");
-        assert_eq!(
-            reset_time(wall, Duration::from_millis(1)),
-            "2023-11-14T22:13:21Z"
-        );
-        assert_eq!(
-            reset_time(wall, Duration::from_secs(60)),
-            "2023-11-14T22:14:20Z"
-        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! class of its answer, per key, and per second since the start (or since
 //! the last reset); and how many requests are in flight.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -16,8 +16,11 @@ pub(crate) enum Class {
     Ok,
     /// 4xx other than 429 (bad body, missing key, too large).
     ClientError,
-    /// 429.
+    /// 429 of a rate limit.
     RateLimited,
+    /// 429 of quota exhaustion (`limits.quota_after`); counted as
+    /// `rate_limited` too.
+    QuotaExhausted,
     /// 5xx, including 503 during an outage in `503` mode.
     ServerError,
     /// 529.
@@ -56,7 +59,7 @@ impl ClassCounts {
         let slot = match class {
             Class::Ok => &mut self.ok,
             Class::ClientError => &mut self.client_error,
-            Class::RateLimited => &mut self.rate_limited,
+            Class::RateLimited | Class::QuotaExhausted => &mut self.rate_limited,
             Class::ServerError => &mut self.server_error,
             Class::Overloaded => &mut self.overloaded,
             Class::Reset => &mut self.reset,
@@ -105,8 +108,10 @@ pub struct KeyStats {
     pub requests: u64,
     /// Of which answered 2xx with a well-formed body.
     pub ok: u64,
-    /// Of which answered 429.
+    /// Of which answered 429 (quota exhaustion included).
     pub rate_limited: u64,
+    /// Of which answered 429 for quota exhaustion.
+    pub quota_exhausted: u64,
     /// Prompt tokens of its successful replies.
     pub prompt_tokens: u64,
     /// Completion tokens of its successful replies.
@@ -139,6 +144,16 @@ pub struct StatsSnapshot {
     pub concurrency: Concurrency,
     /// Tokens of successful replies.
     pub tokens: TokenCounts,
+    /// Of the 429s, those for quota exhaustion (`limits.quota_after`).
+    pub quota_exhausted: u64,
+    /// Successful replies to a request whose route, model and prompt had
+    /// already been answered successfully since the start or the last
+    /// reset: paid calls a client repeated. Identical prompts sent on
+    /// purpose count too.
+    pub repeated_successes: u64,
+    /// Requests sent by the hidden client of `limits.hidden_share` (not in
+    /// `requests`).
+    pub hidden: u64,
     /// Counts per rate-limit key, sorted by key.
     pub keys: BTreeMap<String, KeyStats>,
     /// Requests per second, oldest first; seconds without requests inside
@@ -152,6 +167,10 @@ struct Counters {
     requests: u64,
     classes: ClassCounts,
     tokens: TokenCounts,
+    quota_exhausted: u64,
+    /// Digests of the requests answered successfully.
+    answered: HashSet<u64>,
+    repeated_successes: u64,
     keys: HashMap<String, KeyStats>,
     seconds: VecDeque<SecondStats>,
 }
@@ -204,7 +223,9 @@ impl Stats {
         c.requests += 1;
         c.classes.add(class);
         let ok = u64::from(class == Class::Ok);
-        let limited = u64::from(class == Class::RateLimited);
+        let limited = u64::from(matches!(class, Class::RateLimited | Class::QuotaExhausted));
+        let quota = u64::from(class == Class::QuotaExhausted);
+        c.quota_exhausted += quota;
         let (prompt, completion) = usage.unwrap_or((0, 0));
         c.tokens.prompt += prompt;
         c.tokens.completion += completion;
@@ -216,6 +237,7 @@ impl Stats {
             entry.requests += 1;
             entry.ok += ok;
             entry.rate_limited += limited;
+            entry.quota_exhausted += quota;
             entry.prompt_tokens += prompt;
             entry.completion_tokens += completion;
         }
@@ -227,7 +249,16 @@ impl Stats {
         }
     }
 
-    /// The counters as of `now`.
+    /// Notes a successful reply to the request of `digest`; a digest seen
+    /// before counts as a repeated success.
+    pub(crate) fn success(&self, digest: u64) {
+        let mut c = self.counters();
+        if !c.answered.insert(digest) {
+            c.repeated_successes += 1;
+        }
+    }
+
+    /// The counters as of `now` (`hidden` is the limiter's to fill in).
     pub(crate) fn snapshot(&self, now: Duration) -> StatsSnapshot {
         let c = self.counters();
         StatsSnapshot {
@@ -239,6 +270,9 @@ impl Stats {
                 peak: self.peak.load(Ordering::SeqCst),
             },
             tokens: c.tokens.clone(),
+            quota_exhausted: c.quota_exhausted,
+            repeated_successes: c.repeated_successes,
+            hidden: 0,
             keys: c.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             per_second: c.seconds.iter().cloned().collect(),
         }
@@ -338,6 +372,18 @@ mod tests {
     }
 
     #[test]
+    fn repeated_successes_count_digests_seen_before_until_reset() {
+        let stats = Stats::default();
+        for digest in [1, 2, 1, 1, 3] {
+            stats.success(digest);
+        }
+        assert_eq!(stats.snapshot(Duration::ZERO).repeated_successes, 2);
+        stats.reset(Duration::ZERO);
+        stats.success(1);
+        assert_eq!(stats.snapshot(Duration::ZERO).repeated_successes, 0);
+    }
+
+    #[test]
     fn concurrency_tracks_guards_and_peak() {
         let stats = Arc::new(Stats::default());
         let a = stats.enter();
@@ -370,6 +416,7 @@ mod tests {
             Just(Class::Ok),
             Just(Class::ClientError),
             Just(Class::RateLimited),
+            Just(Class::QuotaExhausted),
             Just(Class::ServerError),
             Just(Class::Overloaded),
             Just(Class::Reset),
@@ -402,8 +449,10 @@ mod tests {
             for pair in snap.per_second.windows(2) {
                 prop_assert_eq!(pair[0].second + 1, pair[1].second);
             }
+            let quota = events.iter().filter(|(_, c, _)| *c == Class::QuotaExhausted).count() as u64;
             let limited = events.iter().filter(|(_, c, _)| *c == Class::RateLimited).count() as u64;
-            prop_assert_eq!(snap.classes.rate_limited, limited);
+            prop_assert_eq!(snap.classes.rate_limited, limited + quota);
+            prop_assert_eq!(snap.quota_exhausted, quota);
         }
     }
 }

@@ -26,12 +26,14 @@ async fn a_burst_gets_exactly_the_capacity_and_the_rest_429_with_headers() {
     assert_eq!(ok.len(), 5);
     assert_eq!(limited.len(), 3);
 
+    // The headers describe a per-minute bucket of 300 (OpenAI's figure);
+    // the one-second bucket of 5 enforces it.
     let mut remaining: Vec<String> = ok
         .iter()
         .map(|r| header(r, "x-ratelimit-remaining-requests"))
         .collect();
     remaining.sort();
-    assert_eq!(remaining, ["0", "1", "2", "3", "4"]);
+    assert_eq!(remaining, ["295", "296", "297", "298", "299"]);
     for r in &ok {
         assert_eq!(header(r, "x-ratelimit-limit-requests"), "300");
         assert_eq!(header(r, "retry-after"), "");
@@ -41,10 +43,17 @@ async fn a_burst_gets_exactly_the_capacity_and_the_rest_429_with_headers() {
         assert_eq!(header(&r, "retry-after-ms"), "200");
         assert_eq!(header(&r, "retry-after"), "1");
         assert_eq!(header(&r, "x-ratelimit-limit-requests"), "300");
-        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "295");
         assert_eq!(header(&r, "x-ratelimit-reset-requests"), "1s");
         let error: Value = r.json().await.unwrap();
         assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(error["error"]["type"], "requests");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("on requests per min (RPM): Limit 300, Used 5, Requested 1.")
+                && message.contains("Please try again in 200ms."),
+            "{message}"
+        );
     }
 
     // Refill, stepped exactly: one request's worth after 200 ms, not before.
@@ -53,7 +62,7 @@ async fn a_burst_gets_exactly_the_capacity_and_the_rest_429_with_headers() {
     t.advance(MS);
     let r = t.chat("sk-a", &body).await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "295");
     assert_eq!(header(&r, "x-ratelimit-reset-requests"), "1s");
     // Another key was never touched.
     assert_eq!(t.chat("sk-b", &body).await.unwrap().status(), 200);
@@ -91,10 +100,11 @@ async fn anthropic_style_headers_on_messages() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "anthropic-ratelimit-requests-limit"), "60");
-    assert_eq!(header(&r, "anthropic-ratelimit-requests-remaining"), "0");
+    assert_eq!(header(&r, "anthropic-ratelimit-requests-remaining"), "59");
     assert_eq!(header(&r, "anthropic-ratelimit-tokens-limit"), "6000");
-    // "What is 2 + 2?" is 14 characters (4 tokens), "4" is 1: 100 - 5 left.
-    assert_eq!(header(&r, "anthropic-ratelimit-tokens-remaining"), "95");
+    // "What is 2 + 2?" is 14 characters (4 tokens), "4" is 1: 5995 left,
+    // rounded to the nearest thousand as Anthropic does.
+    assert_eq!(header(&r, "anthropic-ratelimit-tokens-remaining"), "6000");
     let reset: DateTime<Utc> = header(&r, "anthropic-ratelimit-requests-reset")
         .parse()
         .unwrap();
@@ -111,8 +121,9 @@ async fn anthropic_style_headers_on_messages() {
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
+    // Anthropic sends whole seconds only.
     assert_eq!(header(&r, "retry-after"), "1");
-    assert_eq!(header(&r, "retry-after-ms"), "1000");
+    assert_eq!(header(&r, "retry-after-ms"), "");
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["type"], "error");
     assert_eq!(error["error"]["type"], "rate_limit_error");
@@ -135,7 +146,7 @@ async fn token_limit_charges_prompt_and_completion() {
     let r = t.chat("k", &body).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "600");
-    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "5");
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "595");
     assert_eq!(header(&r, "x-ratelimit-reset-tokens"), "500ms");
     assert_eq!(
         header(&r, "x-ratelimit-limit-requests"),
@@ -148,6 +159,13 @@ async fn token_limit_charges_prompt_and_completion() {
     let r = t.chat("k", &body).await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(header(&r, "retry-after-ms"), "500");
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "tokens");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("on tokens per min (TPM): Limit 600, Used 10, Requested 5."),
+        "{message}"
+    );
     t.advance(500 * MS);
     assert_eq!(t.chat("k", &body).await.unwrap().status(), 200);
 }
