@@ -630,6 +630,49 @@ mod tests {
     }
 
     #[test]
+    fn dialect_keys_patch_validate_and_headerless_means_none() {
+        let config = SimConfig::default()
+            .patched(&json!({"limits": {
+                "dialect": "daily", "algorithm": "sliding_window", "window": "1s",
+                "rpd": 14400, "hidden_share": 0.25, "quota_after": 100, "quota_style": "long_retry"
+            }}))
+            .unwrap();
+        let limits = &config.limits;
+        assert_eq!(limits.dialect, Dialect::Daily);
+        assert_eq!(limits.effective_dialect(), Dialect::Daily);
+        assert_eq!(limits.algorithm, Algorithm::SlidingWindow);
+        assert_eq!(limits.window, Duration::from_secs(1));
+        assert_eq!(limits.rpd, Some(14400.0));
+        assert_eq!(limits.quota_after, Some(100));
+        assert_eq!(limits.quota_style, QuotaStyle::LongRetry);
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(text.contains(r#""dialect":"daily""#), "{text}");
+        assert!(text.contains(r#""quota_style":"long_retry""#), "{text}");
+        assert_eq!(SimConfig::from_json(&text).unwrap(), config);
+        let headerless = config
+            .patched(&json!({"limits": {"headerless": true}}))
+            .unwrap();
+        assert_eq!(headerless.limits.effective_dialect(), Dialect::None);
+        for (patch, key) in [
+            (json!({"hidden_share": 1.0}), "limits.hidden_share"),
+            (json!({"hidden_share": -0.1}), "limits.hidden_share"),
+            (json!({"window": 0}), "limits.window"),
+            (json!({"rpd": 0.5}), "limits.rpd"),
+        ] {
+            let err = config.patched(&json!({ "limits": patch })).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let err = config
+            .patched(&json!({"limits": {"dialect": "groq"}}))
+            .unwrap_err();
+        assert!(err.to_string().contains("groq"), "{err}");
+        let err = config
+            .patched(&json!({"limits": {"algorithm": "leaky"}}))
+            .unwrap_err();
+        assert!(err.to_string().contains("leaky"), "{err}");
+    }
+
+    #[test]
     fn outage_windows_are_half_open_and_the_switch_wins() {
         let mut outage = OutageConfig {
             windows: vec![OutageWindow {

@@ -287,3 +287,312 @@ pub(crate) fn reset_time(wall: DateTime<Utc>, reset: Duration) -> String {
         .unwrap_or(at)
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn view(limit: f64, remaining: u64, reset: Duration) -> Option<View> {
+        Some(View {
+            limit,
+            remaining,
+            reset,
+        })
+    }
+
+    /// A key of 20 rps (bucket of 20), 3000 rpm shown, 40,000 TPM, 14,400 RPD.
+    fn status() -> LimitStatus {
+        LimitStatus {
+            shown_requests: view(3000.0, 2999, 20 * MS),
+            shown_tokens: view(40_000.0, 35_500, 6750 * MS),
+            requests: view(20.0, 19, 50 * MS),
+            tokens: view(666.666, 200, 700 * MS),
+            day: view(14_400.0, 14_399, Duration::from_millis(179_560)),
+        }
+    }
+
+    fn headers(dialect: Dialect) -> HashMap<&'static str, String> {
+        let wall = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let list = limit_headers(dialect, &status(), wall);
+        let map: HashMap<_, _> = list.iter().cloned().collect();
+        assert_eq!(map.len(), list.len(), "no header twice");
+        map
+    }
+
+    fn expect(dialect: Dialect, want: &[(&str, &str)]) {
+        let got = headers(dialect);
+        let mut names: Vec<&str> = got.keys().copied().collect();
+        names.sort_unstable();
+        let mut wanted: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+        wanted.sort_unstable();
+        assert_eq!(names, wanted, "{dialect:?}");
+        for (name, value) in want {
+            assert_eq!(got[name], *value, "{dialect:?} {name}");
+        }
+    }
+
+    #[test]
+    fn openai_shows_the_per_minute_bucket() {
+        expect(
+            Dialect::OpenAi,
+            &[
+                ("x-ratelimit-limit-requests", "3000"),
+                ("x-ratelimit-remaining-requests", "2999"),
+                ("x-ratelimit-reset-requests", "20ms"),
+                ("x-ratelimit-limit-tokens", "40000"),
+                ("x-ratelimit-remaining-tokens", "35500"),
+                ("x-ratelimit-reset-tokens", "6.75s"),
+            ],
+        );
+    }
+
+    #[test]
+    fn bucket_shows_the_enforcing_bucket() {
+        expect(
+            Dialect::Bucket,
+            &[
+                ("x-ratelimit-limit-requests", "20"),
+                ("x-ratelimit-remaining-requests", "19"),
+                ("x-ratelimit-reset-requests", "50ms"),
+                ("x-ratelimit-limit-tokens", "667"),
+                ("x-ratelimit-remaining-tokens", "200"),
+                ("x-ratelimit-reset-tokens", "700ms"),
+            ],
+        );
+    }
+
+    #[test]
+    fn daily_shows_the_day_for_requests_and_the_minute_for_tokens() {
+        expect(
+            Dialect::Daily,
+            &[
+                ("x-ratelimit-limit-requests", "14400"),
+                ("x-ratelimit-remaining-requests", "14399"),
+                ("x-ratelimit-reset-requests", "2m59.56s"),
+                ("x-ratelimit-limit-tokens", "40000"),
+                ("x-ratelimit-remaining-tokens", "35500"),
+                ("x-ratelimit-reset-tokens", "6.75s"),
+            ],
+        );
+    }
+
+    #[test]
+    fn remaining_shows_only_what_is_left() {
+        expect(
+            Dialect::Remaining,
+            &[
+                ("x-ratelimit-remaining-requests", "19"),
+                ("x-ratelimit-remaining-tokens", "200"),
+            ],
+        );
+    }
+
+    #[test]
+    fn anthropic_shows_timestamps_and_thousands_of_tokens() {
+        expect(
+            Dialect::Anthropic,
+            &[
+                ("anthropic-ratelimit-requests-limit", "3000"),
+                ("anthropic-ratelimit-requests-remaining", "2999"),
+                ("anthropic-ratelimit-requests-reset", "2023-11-14T22:13:21Z"),
+                ("anthropic-ratelimit-tokens-limit", "40000"),
+                ("anthropic-ratelimit-tokens-remaining", "36000"),
+                ("anthropic-ratelimit-tokens-reset", "2023-11-14T22:13:27Z"),
+            ],
+        );
+    }
+
+    #[test]
+    fn together_shows_its_per_second_headers_and_none_shows_nothing() {
+        // The limiter hands Together a per-second shown bucket; the dialect
+        // only names it.
+        expect(
+            Dialect::Together,
+            &[
+                ("x-ratelimit-limit", "3000"),
+                ("x-ratelimit-remaining", "2999"),
+                ("x-ratelimit-reset", "0.02"),
+                ("x-tokenlimit-limit", "40000"),
+                ("x-tokenlimit-remaining", "35500"),
+            ],
+        );
+        expect(Dialect::None, &[]);
+        assert!(limit_headers(Dialect::OpenAi, &LimitStatus::default(), Utc::now()).is_empty());
+    }
+
+    #[test]
+    fn retry_headers_follow_each_provider() {
+        let wait = 1234 * MS;
+        let names = |d| {
+            retry_headers(d, wait)
+                .into_iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+        };
+        for d in [Dialect::OpenAi, Dialect::Bucket, Dialect::Remaining] {
+            assert_eq!(names(d), ["retry-after-ms=1234", "retry-after=2"], "{d:?}");
+        }
+        for d in [Dialect::Daily, Dialect::Anthropic, Dialect::Together] {
+            assert_eq!(names(d), ["retry-after=2"], "{d:?}");
+        }
+        assert!(names(Dialect::None).is_empty());
+    }
+
+    #[test]
+    fn limit_messages_name_the_limit_that_binds() {
+        let (kind, message) = limit_message(
+            Dialect::OpenAi,
+            "gpt-x",
+            Binding::Tokens,
+            &status(),
+            4100,
+            1200 * MS,
+        );
+        assert_eq!(kind, ErrorKind::TokenLimit);
+        assert_eq!(
+            message,
+            "Rate limit reached for gpt-x on tokens per min (TPM): Limit 40000, Used 4500, \
+             Requested 4100. Please try again in 1.2s. (simulated)"
+        );
+        let (kind, message) = limit_message(
+            Dialect::Bucket,
+            "m",
+            Binding::Requests,
+            &status(),
+            9,
+            50 * MS,
+        );
+        assert_eq!(kind, ErrorKind::RateLimit);
+        assert!(
+            message.contains("requests per min (RPM): Limit 3000, Used 1, Requested 1."),
+            "{message}"
+        );
+        let (_, message) = limit_message(
+            Dialect::Together,
+            "m",
+            Binding::Requests,
+            &status(),
+            9,
+            50 * MS,
+        );
+        assert!(message.contains("requests per second (RPS)"), "{message}");
+        let (kind, message) = limit_message(
+            Dialect::Daily,
+            "m",
+            Binding::Day,
+            &status(),
+            9,
+            Duration::from_secs(3600),
+        );
+        assert_eq!(kind, ErrorKind::RateLimit);
+        assert!(
+            message.contains("requests per day (RPD): Limit 14400, Used 1, Requested 1. Please try again in 1h0m0s."),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn quota_bodies_are_each_providers_own() {
+        let body = |style| -> Value {
+            serde_json::from_slice(&quota_body(style, "m-1", Duration::from_secs(125)).unwrap())
+                .unwrap()
+        };
+        let openai = body(QuotaStyle::OpenAi);
+        assert_eq!(openai["error"]["type"], "insufficient_quota");
+        assert_eq!(openai["error"]["code"], "insufficient_quota");
+        assert!(openai["error"]["param"].is_null());
+        assert!(
+            openai["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("You exceeded your current quota")
+        );
+        let anthropic = body(QuotaStyle::Anthropic);
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        assert_eq!(
+            anthropic["error"]["details"]["error_code"],
+            "enforced_spend_limit_reached"
+        );
+        let gemini = body(QuotaStyle::Gemini);
+        assert_eq!(gemini["error"]["code"], 429);
+        assert_eq!(gemini["error"]["status"], "RESOURCE_EXHAUSTED");
+        let details = gemini["error"]["details"].as_array().unwrap();
+        assert_eq!(
+            details[0]["@type"],
+            "type.googleapis.com/google.rpc.QuotaFailure"
+        );
+        let quota_id = details[0]["violations"][0]["quotaId"].as_str().unwrap();
+        assert!(quota_id.contains("PerDay"), "{quota_id}");
+        assert_eq!(
+            details[1]["@type"],
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+        assert_eq!(details[1]["retryDelay"], "55s");
+        assert!(quota_body(QuotaStyle::LongRetry, "m", Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn the_default_dialect_speaks_anthropic_on_the_messages_route() {
+        assert_eq!(
+            on_route(Dialect::OpenAi, Api::Anthropic),
+            Dialect::Anthropic
+        );
+        assert_eq!(on_route(Dialect::OpenAi, Api::OpenAi), Dialect::OpenAi);
+        for d in [
+            Dialect::Bucket,
+            Dialect::Daily,
+            Dialect::Anthropic,
+            Dialect::None,
+        ] {
+            assert_eq!(on_route(d, Api::Anthropic), d);
+            assert_eq!(on_route(d, Api::OpenAi), d);
+        }
+    }
+
+    #[test]
+    fn reset_notation_matches_openai() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(1), "1ms"),
+            (Duration::from_millis(850), "850ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(1234), "1.234s"),
+            (Duration::from_secs(360), "6m0s"),
+            (Duration::from_millis(90_500), "1m30.5s"),
+            (Duration::from_secs(3723), "1h2m3s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(format_reset(d), want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn together_resets_are_decimal_seconds() {
+        assert_eq!(decimal_seconds(Duration::ZERO), "0");
+        assert_eq!(decimal_seconds(50 * MS), "0.05");
+        assert_eq!(decimal_seconds(Duration::from_secs(1)), "1");
+        assert_eq!(decimal_seconds(Duration::from_micros(1_250_001)), "1.251");
+    }
+
+    #[test]
+    fn reset_time_rounds_up_to_the_second() {
+        let wall = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(reset_time(wall, Duration::ZERO), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            reset_time(wall, Duration::from_millis(1)),
+            "2023-11-14T22:13:21Z"
+        );
+        assert_eq!(
+            reset_time(wall, Duration::from_secs(60)),
+            "2023-11-14T22:14:20Z"
+        );
+    }
+}
