@@ -105,13 +105,19 @@ pub enum Command {
     /// Serve the simulated LLM provider (OpenAI- and Anthropic-compatible)
     /// until Ctrl-C.
     ///
-    /// Real rate limits per key (and model), latency, seeded faults and
-    /// outages, deterministic replies (arithmetic answers, judge labels).
+    /// Real rate limits per key (and model) in the header dialects of real
+    /// providers (--dialect), as buckets or windows (--algorithm), with
+    /// per-day limits, a hidden client sharing the key and quota exhaustion;
+    /// latency, seeded faults and outages, deterministic replies (arithmetic
+    /// answers, judge labels).
     /// Point a provider entry at it with kind = "openai_compatible" and
     /// base_url = "http://127.0.0.1:8090/v1".
     #[command(after_help = "Examples:
   runnel sim --rps 20 --per-model --latency 50ms
-  runnel sim --rpm 600 --headerless --server-error-rate 0.05 --outage 30s..45s")]
+  runnel sim --rpm 600 --headerless --server-error-rate 0.05 --outage 30s..45s
+  runnel sim --rps 20 --rpd 14400 --tpm 6000 --dialect daily
+  runnel sim --rps 10 --dialect remaining --algorithm sliding_window --window 10s --hidden-share 0.3
+  runnel sim --rpm 600 --quota-after 1000 --quota-style gemini")]
     Sim(Box<runnel_sim::Args>),
     /// Show runnel working, with nothing installed and no network: a
     /// simulated provider with a rate limit, a fresh SQLite file, 300

@@ -69,26 +69,69 @@
 //! `api-key` (`anonymous` when none is sent, unless `require_key`), or
 //! `key/model` with `limits.per_model`. With `accepted_keys` set, any other
 //! key gets 401 `invalid_api_key` with a message that repeats the key
-//! ("Incorrect API key provided: …", as OpenAI answers). `limits.rps`, `limits.rpm` and
-//! `limits.tpm` are token buckets per key holding `limits.burst` of refill
-//! (default one second's worth). A request costs one request token and
-//! *prompt + completion tokens* of the token bucket (the reply is known
-//! before the check). Over the limit: 429 with `retry-after-ms` (exact,
-//! rounded up) and `retry-after` (whole seconds, rounded up); the request
-//! takes nothing from the buckets. Keys appear in `/stats` as they were
-//! sent: the simulator is for test keys.
+//! ("Incorrect API key provided: …", as OpenAI answers). Keys appear in
+//! `/stats` as they were sent: the simulator is for test keys.
 //!
-//! Every response that went through the limits (2xx, 429, faults) carries
-//! the limit headers of each configured limit: on `/v1/chat/completions`
-//! `x-ratelimit-limit-requests` (per minute), `x-ratelimit-remaining-requests`
-//! (whole tokens left), `x-ratelimit-reset-requests` (time until the bucket
-//! is full: `"850ms"`, `"1s"`, `"1.5s"`, `"6m0s"`) and the `-tokens` variants;
-//! on `/v1/messages` `anthropic-ratelimit-requests-limit`, `-remaining`,
-//! `-reset` (RFC 3339, rounded up to the second) and the `tokens` variants.
-//! With both `rps` and `rpm`, the request headers report the per-minute
-//! limit and whichever bucket is emptier. With `limits.headerless` a limited
-//! request gets a bare 429 — no body, no `retry-after` — and no response
-//! carries limit headers.
+//! **Enforcing.** `limits.rps`, `limits.rpm` and `limits.tpm` are enforced
+//! per key by `limits.algorithm`: `bucket` (default) — token buckets
+//! holding `limits.burst` of refill (default one second's worth);
+//! `fixed_window` — at most `rate × window` per `limits.window` (default
+//! 10 s), windows following each other from the simulator's start;
+//! `sliding_window` — at most `rate × window` in any trailing window.
+//! `limits.rpd` adds a per-day request count, in fixed days from the start.
+//! A request costs one request and *prompt + completion tokens* of the token
+//! limit (the reply is known before the check; a 16,000-character prompt is
+//! 4,000 tokens). Over a limit: 429, and the request takes nothing. A cost
+//! larger than a limit's capacity passes once the limit is as empty as it
+//! gets, so nothing is refused forever.
+//!
+//! **Announcing.** `limits.dialect` picks which provider's headers every
+//! response that went through the limits (2xx, 429, faults) carries:
+//!
+//! | dialect | headers |
+//! |---|---|
+//! | `openai` (default) | `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of a *per-minute* bucket: limit = rpm (or rps × 60) and tpm, refilling over 60 s beside the enforcing limits (OpenAI enforces over shorter periods than it announces), so one request against 3000/min shows `2999` and `20ms`; reset as Go durations (`"20ms"`, `"1.5s"`, `"6m0s"`). On `/v1/messages` this default speaks `anthropic`. |
+//! | `bucket` | the same names describing the enforcing request meter (the emptier of rps and rpm) and token meter: limit = capacity (`20`), remaining = what is left, reset = time until full (`"50ms"`) |
+//! | `daily` (Groq) | `-requests` describe `rpd` (reset = time until the day's count is back to full), `-tokens` tokens per minute; the binding rps/rpm is announced by no header |
+//! | `remaining` (Azure) | only `x-ratelimit-remaining-requests` and `-tokens`, of the enforcing meters |
+//! | `anthropic` | `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` of the per-minute buckets, reset the RFC 3339 time of full replenishment (rounded up to the second), tokens left rounded to the nearest thousand; on both routes |
+//! | `together` | `x-ratelimit-{limit,remaining,reset}` of a *per-second* bucket (reset in decimal seconds, a format Together does not document) and `x-tokenlimit-{limit,remaining}` |
+//! | `none` | nothing (also `limits.headerless: true`) |
+//!
+//! A rate-limit 429 carries `retry-after-ms` (exact, rounded up) and
+//! `retry-after` (whole seconds, rounded up) in `openai`, `bucket` and
+//! `remaining`; only `retry-after` in `daily`, `anthropic` and `together`;
+//! and in `none` nothing at all, not even a body. Its body (the route's
+//! error format) names the limit that binds the way OpenAI and Groq do:
+//! `Rate limit reached for <model> on tokens per min (TPM): Limit 40000,
+//! Used 39000, Requested 4100. Please try again in 1.2s.`, with OpenAI
+//! `type` `tokens` for the token limit and `requests` for the request and
+//! day limits (`requests per min (RPM)`, `requests per day (RPD)`; per
+//! second under `together`), code `rate_limit_exceeded`.
+//!
+//! **Others on the key.** `limits.hidden_share` (in `[0, 1)`) gives every
+//! key a hidden second client that uses that share of each limit's rate
+//! continuously: buckets refill at `(1 − share) × rate`, windows fill with
+//! `share × rate × time`. `/stats` counts its requests as `hidden`, apart
+//! from `requests`.
+//!
+//! **Quota.** After `limits.quota_after` admitted requests a key gets only
+//! quota-exhaustion 429s, without `retry-after`, until a config change
+//! raises or removes the number (or `/admin/reset`). `limits.quota_style`:
+//! `openai` (`insufficient_quota`, "You exceeded your current quota…"),
+//! `anthropic` (`rate_limit_error` with `error.details.error_code:
+//! "enforced_spend_limit_reached"`), `gemini` (`RESOURCE_EXHAUSTED` with a
+//! `google.rpc.QuotaFailure` naming a `…PerDay…` `quotaId` and a
+//! `google.rpc.RetryInfo` `retryDelay` of the seconds to the next whole
+//! minute, short as Gemini's are), or `long_retry` (an ordinary rate-limit
+//! 429 with `retry-after: 3600`). They count in `rate_limited` and in
+//! `quota_exhausted`. Under `none` a quota body is still sent (without
+//! headers), and `long_retry` is a bare 429.
+//!
+//! `/stats` also counts `repeated_successes`: successful replies to a
+//! request whose route, model and prompt had already been answered
+//! successfully (since start or reset) — paid calls a client repeated;
+//! identical prompts sent on purpose count too.
 //!
 //! # Latency, faults, outages
 //!
