@@ -103,7 +103,8 @@ pub struct LimitsConfig {
     #[serde(with = "crate::duration")]
     pub window: Duration,
     /// Requests per day, counted in fixed days from the simulator's start
-    /// (or the last reset), whatever the algorithm. Announced only by the
+    /// (an admin reset empties the count but keeps the day's boundaries),
+    /// whatever the algorithm. Announced only by the
     /// `daily` dialect. Default: none.
     pub rpd: Option<f64>,
     /// Share, in `[0, 1)`, of every key's request and token capacity used by
