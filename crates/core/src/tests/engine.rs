@@ -8,14 +8,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::tokio_clock::TokioClock;
 use crate::memory::{FnProvider, MemoryStore, Unlimited};
 use crate::ports::{
-    Acquire, Clock, Departure, EngineEvent, EventSink, Finish, MockAdvisor, MockProvider,
-    MockStore, WaitReason, Write,
+    Acquire, Departure, EngineEvent, EventSink, Finish, MockAdvisor, MockProvider, MockStore,
+    WaitReason, Write,
 };
 use crate::work::{TaskKey, TaskWork};
 use crate::{
@@ -23,19 +24,6 @@ use crate::{
     EvaluatorSpec, ExampleData, ExampleId, ExperimentId, ExperimentPlan, ExperimentStatus, Outcome,
     Ports, RateKey, ReplicaId, Reply, RunId, RunWrite,
 };
-
-/// tokio's clock: virtual under `start_paused`.
-struct TokioClock;
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline))
-    }
-}
 
 /// Forwards every event into a channel the test reads.
 struct Events(mpsc::UnboundedSender<EngineEvent>);
