@@ -36,6 +36,19 @@ pub struct Config {
     /// Default timeout of an evaluator call.
     #[serde(with = "duration")]
     pub eval_timeout: Duration,
+    /// Longest timeout an experiment may give its calls (`timeout_s`): the
+    /// API refuses a longer one, and a longer one stored earlier is cut to
+    /// it. At least `task_timeout` and `eval_timeout`.
+    #[serde(with = "duration")]
+    pub max_call_timeout: Duration,
+    /// Random extra wait added to a provider's `Retry-After`, as a fraction
+    /// of it (0.1 = up to +10 %), so that the jobs it paused do not all come
+    /// back at one instant.
+    pub retry_after_spread: f64,
+    /// Failed runs or annotations logged one by one per experiment and
+    /// session; after that the log only says that more failed (the results
+    /// hold every one).
+    pub failures_logged: u32,
     /// How old a claim must be before another replica takes it over.
     /// Heartbeats and the orphan scan both run every `lease / 3`.
     #[serde(with = "duration")]
@@ -87,6 +100,9 @@ impl Default for Config {
             backoff_jitter: 0.25,
             task_timeout: Duration::from_secs(120),
             eval_timeout: Duration::from_secs(60),
+            max_call_timeout: Duration::from_secs(3600),
+            retry_after_spread: 0.1,
+            failures_logged: 20,
             lease: Duration::from_secs(30),
             orphan_scan_jitter: 0.1,
             cooldown: Duration::from_secs(5),
@@ -145,6 +161,15 @@ impl Config {
         }
         if self.eval_timeout.is_zero() {
             return bad("eval_timeout", "must be greater than zero");
+        }
+        if self.max_call_timeout < self.task_timeout.max(self.eval_timeout) {
+            return bad(
+                "max_call_timeout",
+                "must not be smaller than task_timeout and eval_timeout",
+            );
+        }
+        if !(0.0..=10.0).contains(&self.retry_after_spread) {
+            return bad("retry_after_spread", "must be between 0 and 10");
         }
         if self.lease < Duration::from_millis(300) {
             return bad("lease", "must be at least 300ms");
@@ -227,5 +252,26 @@ mod tests {
             Config::default().heartbeat_interval(),
             Duration::from_secs(10)
         );
+        for (c, key) in [
+            (
+                Config {
+                    task_timeout: Duration::from_secs(7200),
+                    ..Config::default()
+                },
+                "max_call_timeout",
+            ),
+            (
+                Config {
+                    retry_after_spread: f64::NAN,
+                    ..Config::default()
+                },
+                "retry_after_spread",
+            ),
+        ] {
+            match c.validate() {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 }

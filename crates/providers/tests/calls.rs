@@ -535,5 +535,22 @@ async fn estimates_count_the_prompt_and_the_reply_budget() {
     // "What is 2+2?" is 12 characters: 3 tokens, plus 4 for the message.
     assert_eq!(p.estimate_tokens(&task(call.clone())), Some(7 + 4096));
     call.params.insert("max_tokens".into(), json!(100));
-    assert_eq!(p.estimate_tokens(&task(call)), Some(107));
+    assert_eq!(p.estimate_tokens(&task(call.clone())), Some(107));
+    // The estimate's figures are settings: 2 characters per token and
+    // nothing per message make 12 characters 6 tokens.
+    let settings = runnel_providers::Settings {
+        chars_per_token: 2,
+        tokens_per_message: 0,
+        ..runnel_providers::Settings::default()
+    };
+    let p = runnel_providers::Providers::new(
+        [(
+            "claude".to_owned(),
+            entry(ProviderKind::Anthropic, "http://127.0.0.1:9"),
+        )],
+        settings,
+        |_| None,
+    )
+    .unwrap();
+    assert_eq!(p.estimate_tokens(&task(call)), Some(106));
 }

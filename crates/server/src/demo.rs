@@ -30,6 +30,10 @@ pub const PROVIDER: &str = "sim";
 pub const TASK_MODEL: &str = "sim-task";
 /// The judge model.
 pub const JUDGE_MODEL: &str = "sim-judge";
+/// How long the demo's API may take to close once the user stops it; open
+/// event streams would otherwise hold it. Not a setting: it bounds only the
+/// HTTP connections; the engine's shutdown (and its grace) comes after.
+const API_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Options of `runnel demo`.
 #[derive(Clone, Debug, clap::Args)]
@@ -283,7 +287,7 @@ pub async fn run(
     }
     if let Some(server) = server {
         // Open event streams would hold a graceful shutdown forever.
-        match tokio::time::timeout(Duration::from_secs(3), server).await {
+        match tokio::time::timeout(API_CLOSE_WAIT, server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "serving the API"),
             Ok(_) => {}
             Err(_) => tracing::debug!("closed the API with connections still open"),

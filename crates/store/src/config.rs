@@ -87,7 +87,7 @@ pub struct StoreConfig {
     /// largest `limit` the HTTP API accepts. Default 1000.
     pub max_page: usize,
     /// Runs read per page while `runs.jsonl` streams an experiment's results
-    /// (no connection is held between pages). At most `max_page`. Default 500.
+    /// (no connection is held between pages); cut to `max_page`. Default 500.
     pub export_page: usize,
 }
 
@@ -249,8 +249,8 @@ impl StoreConfig {
         if !(1..=MAX_ROWS).contains(&self.max_page) {
             return bad("max_page", format!("must be between 1 and {MAX_ROWS}"));
         }
-        if !(1..=self.max_page).contains(&self.export_page) {
-            return bad("export_page", "must be between 1 and max_page");
+        if !(1..=MAX_ROWS).contains(&self.export_page) {
+            return bad("export_page", format!("must be between 1 and {MAX_ROWS}"));
         }
         Ok(())
     }
@@ -350,7 +350,7 @@ mod tests {
             ),
             (
                 StoreConfig {
-                    max_page: 100,
+                    export_page: 0,
                     ..base()
                 },
                 "export_page",
