@@ -554,3 +554,48 @@ async fn estimates_count_the_prompt_and_the_reply_budget() {
     .unwrap();
     assert_eq!(p.estimate_tokens(&task(call)), Some(106));
 }
+
+/// `error_body_bytes` bounds how much of an error reply is read: a message
+/// past the bound cannot be found, and the error quotes the raw start of the
+/// body instead.
+#[tokio::test]
+async fn error_bodies_are_read_up_to_the_configured_size() {
+    let server = MockServer::start().await;
+    // The message comes after 600 bytes of padding.
+    let body = format!(
+        r#"{{"padding": "{}", "error": {{"message": "the model is unknown"}}}}"#,
+        "x".repeat(600)
+    );
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_raw(body.into_bytes(), "application/json"),
+        )
+        .mount(&server)
+        .await;
+    let mut messages = Vec::new();
+    for error_body_bytes in [64 * 1024, 256] {
+        let settings = runnel_providers::Settings {
+            error_body_bytes,
+            ..runnel_providers::Settings::default()
+        };
+        let p = runnel_providers::Providers::new(
+            [(
+                "oa".to_owned(),
+                entry(ProviderKind::OpenAi, &openai_base(&server)),
+            )],
+            settings,
+            |_| Some(KEY.to_owned()),
+        )
+        .unwrap();
+        let report = p
+            .call(&task(spec("oa", "m", &[("user", "hi")])), None)
+            .await;
+        messages.push(report.outcome.message().unwrap().to_owned());
+    }
+    assert!(messages[0].contains("the model is unknown"), "{messages:?}");
+    assert!(
+        !messages[1].contains("the model is unknown"),
+        "{messages:?}"
+    );
+}
