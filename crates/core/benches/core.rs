@@ -20,7 +20,6 @@
     clippy::disallowed_methods
 )]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,21 +32,16 @@ use runnel_core::{
     Reply, RunId, RunWrite, TaskKey, TaskWork, Write,
 };
 
+// tokio's clock behind the `Clock` port: one implementation shared with the
+// core's tests and example.
+#[path = "../src/tests/tokio_clock.rs"]
+mod tokio_clock;
+use tokio_clock::TokioClock;
+
 // The server binary uses mimalloc too: with glibc's malloc, jobs allocated on
 // one worker thread and freed on another contend on its arena locks.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct TokioClock;
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline))
-    }
-}
 
 fn call(provider: &str) -> CallSpec {
     CallSpec {

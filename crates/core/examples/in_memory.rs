@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,17 +21,12 @@ use runnel_core::{
 };
 use tokio::sync::mpsc;
 
-/// tokio's clock behind the `Clock` port.
-struct TokioClock;
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline))
-    }
-}
+// tokio's clock behind the `Clock` port (virtual under `start_paused`): the
+// core's tests, benchmark and this example share one implementation. An
+// application writes the same few lines (the server has `runtime::TokioClock`).
+#[path = "../src/tests/tokio_clock.rs"]
+mod tokio_clock;
+use tokio_clock::TokioClock;
 
 /// Sends every event to the main task.
 struct Events(mpsc::UnboundedSender<EngineEvent>);

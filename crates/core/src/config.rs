@@ -36,6 +36,19 @@ pub struct Config {
     /// Default timeout of an evaluator call.
     #[serde(with = "duration")]
     pub eval_timeout: Duration,
+    /// Longest timeout an experiment may give its calls (`timeout_s`): the
+    /// API refuses a longer one, and a longer one stored earlier is cut to
+    /// it. At least `task_timeout` and `eval_timeout`.
+    #[serde(with = "duration")]
+    pub max_call_timeout: Duration,
+    /// Random extra wait added to a provider's `Retry-After`, as a fraction
+    /// of it (0.1 = up to +10 %), so that the jobs it paused do not all come
+    /// back at one instant.
+    pub retry_after_spread: f64,
+    /// Failed runs or annotations logged one by one per experiment and
+    /// session; after that the log only says that more failed (the results
+    /// hold every one).
+    pub failures_logged: u32,
     /// How old a claim must be before another replica takes it over.
     /// Heartbeats and the orphan scan both run every `lease / 3`.
     #[serde(with = "duration")]
@@ -87,6 +100,9 @@ impl Default for Config {
             backoff_jitter: 0.25,
             task_timeout: Duration::from_secs(120),
             eval_timeout: Duration::from_secs(60),
+            max_call_timeout: Duration::from_secs(3600),
+            retry_after_spread: 0.1,
+            failures_logged: 20,
             lease: Duration::from_secs(30),
             orphan_scan_jitter: 0.1,
             cooldown: Duration::from_secs(5),
@@ -146,6 +162,15 @@ impl Config {
         if self.eval_timeout.is_zero() {
             return bad("eval_timeout", "must be greater than zero");
         }
+        if self.max_call_timeout < self.task_timeout.max(self.eval_timeout) {
+            return bad(
+                "max_call_timeout",
+                "must not be smaller than task_timeout and eval_timeout",
+            );
+        }
+        if !(0.0..=10.0).contains(&self.retry_after_spread) {
+            return bad("retry_after_spread", "must be between 0 and 10");
+        }
         if self.lease < Duration::from_millis(300) {
             return bad("lease", "must be at least 300ms");
         }
@@ -171,124 +196,13 @@ impl Config {
     }
 }
 
-/// Serde helper for durations written as `"250ms"`, `"30s"`, `"5m"`, `"1h"`,
-/// `"1.5s"` or a plain number of seconds. Use with `#[serde(with = "…")]`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::de::{self, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    /// Parses a duration text such as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"2"`.
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration (try \"30s\", \"500ms\", \"5m\")"))?;
-        let seconds = match unit.trim() {
-            "" | "s" | "sec" | "secs" => value,
-            "ms" => value / 1000.0,
-            "us" | "µs" => value / 1_000_000.0,
-            "m" | "min" | "mins" => value * 60.0,
-            "h" => value * 3600.0,
-            other => {
-                return Err(format!(
-                    "`{text}` has an unknown unit `{other}` (use ms, s, m or h)"
-                ));
-            }
-        };
-        from_secs(seconds).ok_or_else(|| format!("`{text}` is out of range"))
-    }
-
-    fn from_secs(seconds: f64) -> Option<Duration> {
-        (seconds.is_finite() && (0.0..=1.0e12).contains(&seconds))
-            .then(|| Duration::from_secs_f64(seconds))
-    }
-
-    /// Formats a duration the way [`parse`] reads it.
-    pub fn format(d: Duration) -> String {
-        if d.subsec_nanos() == 0 {
-            format!("{}s", d.as_secs())
-        } else if d.as_nanos().is_multiple_of(1_000_000) {
-            format!("{}ms", d.as_millis())
-        } else {
-            format!("{}s", d.as_secs_f64())
-        }
-    }
-
-    /// Serialises as text.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*d))
-    }
-
-    /// Deserialises from text or a number of seconds.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Duration;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a duration such as \"30s\", \"500ms\" or a number of seconds")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                from_secs(v as f64)
-                    .ok_or_else(|| E::custom("a duration must be at most 10^12 seconds"))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                if v < 0 {
-                    return Err(E::custom("a duration cannot be negative"));
-                }
-                from_secs(v as f64)
-                    .ok_or_else(|| E::custom("a duration must be at most 10^12 seconds"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
-                from_secs(v).ok_or_else(|| E::custom("a duration must be a positive finite number"))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+/// The duration syntax of every runnel setting; kept at this path for the
+/// `#[serde(with = "runnel_core::config::duration")]` attributes that name it.
+pub use crate::duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_in_every_documented_form() {
-        assert_eq!(duration::parse("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(duration::parse("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(duration::parse("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(duration::parse("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(
-            duration::parse("soon")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-        assert!(
-            duration::parse("3 fortnights")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
-        assert!(duration::parse("1e30").is_err());
-    }
-
-    #[test]
-    fn durations_format_round_trip() {
-        for d in [
-            Duration::from_secs(30),
-            Duration::from_millis(1500),
-            Duration::from_micros(1500),
-        ] {
-            assert_eq!(duration::parse(&duration::format(d)), Ok(d));
-        }
-    }
 
     #[test]
     fn config_reads_numbers_and_texts_and_rejects_unknown_keys() {
@@ -338,5 +252,26 @@ mod tests {
             Config::default().heartbeat_interval(),
             Duration::from_secs(10)
         );
+        for (c, key) in [
+            (
+                Config {
+                    task_timeout: Duration::from_secs(7200),
+                    ..Config::default()
+                },
+                "max_call_timeout",
+            ),
+            (
+                Config {
+                    retry_after_spread: f64::NAN,
+                    ..Config::default()
+                },
+                "retry_after_spread",
+            ),
+        ] {
+            match c.validate() {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 }

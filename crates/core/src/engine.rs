@@ -743,7 +743,7 @@ where
         } else {
             config.eval_timeout
         };
-        let timeout = job.call().timeout(default);
+        let timeout = job.call().timeout(default, config.max_call_timeout);
         let chunks = self.chunk_sink(&job);
         let span = tracing::info_span!(
             "job",

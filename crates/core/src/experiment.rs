@@ -40,10 +40,6 @@ use crate::rng::Rng;
 use crate::spec::{CallSpec, EvaluatorSpec, ExampleData, ExperimentPlan};
 use crate::work::{EvalKey, EvalWork, Job, JobKind, TaskKey, TaskWork, WorkKey};
 
-/// How many failed runs or annotations are logged one by one per session
-/// before the log only says that more failed (the runs table has them all).
-const FAILURES_LOGGED: u32 = 20;
-
 /// Something the scheduler asks its driver to do.
 #[derive(Clone, Debug)]
 pub enum Action {
@@ -268,6 +264,8 @@ pub(crate) struct ExperimentState {
     started: Instant,
     open_keys_logged: HashSet<RateKey>,
     failures_logged: u32,
+    /// `Config::failures_logged`: failures logged one by one.
+    failures_to_log: u32,
     retry_seq: u64,
     /// Earliest instant at which asking for a job can succeed, as learned at
     /// the last visit; `None` when waiting for an event.
@@ -327,6 +325,7 @@ impl ExperimentState {
             started: now,
             open_keys_logged: HashSet::new(),
             failures_logged: 0,
+            failures_to_log: config.failures_logged,
             retry_seq: 0,
             wake: None,
             order_key,
@@ -562,7 +561,7 @@ impl ExperimentState {
                 let delay = match retry_after {
                     // Honour the provider's pause, spread a little so that a
                     // crowd of waiting jobs does not return at one instant.
-                    Some(pause) => pause.mul_f64(1.0 + 0.1 * rng.unit()),
+                    Some(pause) => pause.mul_f64(1.0 + config.retry_after_spread * rng.unit()),
                     None => backoff(job.rate_limited, config, rng),
                 };
                 self.retry(job, latency_ms, now + delay);
@@ -697,10 +696,11 @@ impl ExperimentState {
                 format!("evaluator `{}` on run {}", evaluator.name, work.key.run)
             }
         };
-        let message = match self.failures_logged.cmp(&FAILURES_LOGGED) {
+        let most = self.failures_to_log;
+        let message = match self.failures_logged.cmp(&most) {
             Ordering::Less | Ordering::Equal => format!("{what} failed: {message}"),
-            Ordering::Greater if self.failures_logged == FAILURES_LOGGED + 1 => format!(
-                "more than {FAILURES_LOGGED} failures in this session; further ones are only in the results"
+            Ordering::Greater if self.failures_logged == most.saturating_add(1) => format!(
+                "more than {most} failures in this session; further ones are only in the results"
             ),
             Ordering::Greater => return,
         };

@@ -19,16 +19,19 @@
 //! `tokio::net`, `tokio::fs`) and reads no clock — time enters through the
 //! [`Clock`] port or a `now` argument. CI checks both.
 //!
-//! The [`memory`] module holds in-memory implementations of the ports (store,
-//! provider, advisor) for tests and benchmarks; the store conformance suite of
-//! `runnel-store` runs against it to prove it faithful.
+//! The `memory` module (feature `memory`) holds in-memory implementations of
+//! the ports (store, provider, advisor) for tests, examples and benchmarks;
+//! the store conformance suite of `runnel-store` runs against it to prove it
+//! faithful. Production builds do not compile it.
 
 pub mod config;
+pub mod duration;
 pub mod engine;
 pub mod error;
 mod experiment;
 mod fasthash;
 pub mod ids;
+#[cfg(feature = "memory")]
 pub mod memory;
 pub mod outcome;
 pub mod ports;

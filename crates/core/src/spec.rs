@@ -43,11 +43,15 @@ pub struct CallSpec {
 }
 
 impl CallSpec {
-    /// The per-call timeout: the spec's own, else `default`. Non-finite or
-    /// non-positive values (rejected by API validation) fall back to `default`.
-    pub fn timeout(&self, default: Duration) -> Duration {
+    /// The per-call timeout: the spec's own, at most `max` (the
+    /// `scheduler.max_call_timeout` that API validation also enforces), else
+    /// `default`. Non-finite or non-positive values (rejected by API
+    /// validation) fall back to `default`.
+    pub fn timeout(&self, default: Duration, max: Duration) -> Duration {
         match self.timeout_s {
-            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(86_400.0)),
+            Some(s) if s.is_finite() && s > 0.0 => {
+                Duration::try_from_secs_f64(s).map_or(max, |d| d.min(max))
+            }
             _ => default,
         }
     }
@@ -301,12 +305,15 @@ mod tests {
     }
 
     #[test]
-    fn timeout_falls_back_on_missing_or_absurd_values() {
+    fn timeout_falls_back_on_missing_or_absurd_values_and_is_capped() {
         let d = Duration::from_secs(120);
-        assert_eq!(spec(None).timeout(d), d);
-        assert_eq!(spec(Some(-1.0)).timeout(d), d);
-        assert_eq!(spec(Some(f64::NAN)).timeout(d), d);
-        assert_eq!(spec(Some(2.5)).timeout(d), Duration::from_millis(2500));
+        let max = Duration::from_secs(3600);
+        assert_eq!(spec(None).timeout(d, max), d);
+        assert_eq!(spec(Some(-1.0)).timeout(d, max), d);
+        assert_eq!(spec(Some(f64::NAN)).timeout(d, max), d);
+        assert_eq!(spec(Some(2.5)).timeout(d, max), Duration::from_millis(2500));
+        assert_eq!(spec(Some(7200.0)).timeout(d, max), max);
+        assert_eq!(spec(Some(1e300)).timeout(d, max), max);
     }
 
     #[test]

@@ -55,7 +55,10 @@ use crate::wire::{
     Accumulator, Completion, Step, embedded_error, join, parse_event, parse_json, stop_list, u64_at,
 };
 
-/// `max_tokens` when neither the spec nor the entry gives one.
+/// `max_tokens` when neither the spec nor the options give one. Not a
+/// setting: the protocol requires the field, and the registry always passes
+/// the entry's `default_max_tokens` (the key users set, default 4096 for
+/// this kind), so this is reached only by direct callers of the adapter.
 const FALLBACK_MAX_TOKENS: u64 = 4096;
 
 /// `{base}/v1/messages`, or `{base}/messages` when `base` ends in `/v1`.

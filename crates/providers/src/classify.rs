@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use crate::ratelimit::{parse_go_duration, retry_after};
 
-/// How much of a body without a recognisable error message is quoted.
+/// How much of a body without a recognisable error message is quoted. Not a
+/// setting: the whole message is cut to `calls.max_error_chars`, the one
+/// knob for error length.
 const BODY_SNIPPET_CHARS: usize = 300;
 
 /// A call that did not succeed, before its message is redacted.

@@ -234,21 +234,39 @@ pub fn default_api_key_env(kind: ProviderKind) -> Option<&'static str> {
     })
 }
 
-/// Settings shared by every entry of a [`crate::Providers`] registry.
+/// Settings shared by every entry of a [`crate::Providers`] registry. The
+/// server reads them from its `[calls]` section, except the timeouts, which
+/// it takes from `[scheduler]` (they are not read from the section, so one
+/// value has one key).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Timeout of a task call whose spec sets none. Default 120 s (the
-    /// server passes `runnel_core::Config::task_timeout`).
-    #[serde(with = "duration")]
+    /// server passes `scheduler.task_timeout`).
+    #[serde(skip)]
     pub task_timeout: Duration,
     /// Timeout of an evaluator call whose spec sets none. Default 60 s (the
-    /// server passes `runnel_core::Config::eval_timeout`).
-    #[serde(with = "duration")]
+    /// server passes `scheduler.eval_timeout`).
+    #[serde(skip)]
     pub eval_timeout: Duration,
+    /// Longest timeout a call spec may set; longer ones are cut to it.
+    /// Default 1 h (the server passes `scheduler.max_call_timeout`).
+    #[serde(skip)]
+    pub max_call_timeout: Duration,
     /// Longest error message an outcome carries, in characters; longer
-    /// provider messages are cut with `…`. Default 500.
+    /// provider messages are cut with `…`. At least 20. Default 500.
     pub max_error_chars: usize,
+    /// How much of an error reply's body is read to find its message, in
+    /// bytes (never more than the entry's `max_response_bytes`). At least
+    /// 256. Default 65536.
+    pub error_body_bytes: u64,
+    /// Characters per token when a call's prompt tokens are estimated before
+    /// it is sent (for tokens-per-minute limits); 4 fits English text on the
+    /// common tokenizers, text in other scripts has fewer. Default 4.
+    pub chars_per_token: u64,
+    /// Tokens a chat message costs in that estimate beyond its text (role,
+    /// separators). Default 4.
+    pub tokens_per_message: u64,
 }
 
 impl Default for Settings {
@@ -256,8 +274,46 @@ impl Default for Settings {
         Self {
             task_timeout: Duration::from_secs(120),
             eval_timeout: Duration::from_secs(60),
+            max_call_timeout: Duration::from_secs(3600),
             max_error_chars: 500,
+            error_body_bytes: 64 * 1024,
+            chars_per_token: 4,
+            tokens_per_message: 4,
         }
+    }
+}
+
+impl Settings {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |key: &'static str, message: &str| {
+            Err(crate::Error::InvalidSetting {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.task_timeout.is_zero() {
+            return bad("task_timeout", "must be greater than zero");
+        }
+        if self.eval_timeout.is_zero() {
+            return bad("eval_timeout", "must be greater than zero");
+        }
+        if self.max_call_timeout.is_zero() {
+            return bad("max_call_timeout", "must be greater than zero");
+        }
+        if !(20..=1_000_000).contains(&self.max_error_chars) {
+            return bad("max_error_chars", "must be between 20 and 1000000");
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.error_body_bytes) {
+            return bad("error_body_bytes", "must be between 256 and 16 MiB");
+        }
+        if !(1..=100).contains(&self.chars_per_token) {
+            return bad("chars_per_token", "must be between 1 and 100");
+        }
+        if self.tokens_per_message > 10_000 {
+            return bad("tokens_per_message", "must be at most 10000");
+        }
+        Ok(())
     }
 }
 
@@ -308,10 +364,40 @@ mod tests {
     }
 
     #[test]
-    fn settings_read_durations_as_text() {
-        let s: Settings = serde_json::from_str(r#"{"task_timeout": "5s"}"#).unwrap();
-        assert_eq!(s.task_timeout, Duration::from_secs(5));
-        assert_eq!(s.eval_timeout, Duration::from_secs(60));
-        assert!(serde_json::from_str::<Settings>(r#"{"tasks_timeout": 1}"#).is_err());
+    fn settings_leave_timeouts_to_the_scheduler_and_validate_naming_the_key() {
+        let s: Settings = serde_json::from_str(r#"{"max_error_chars": 80}"#).unwrap();
+        assert_eq!(s.max_error_chars, 80);
+        assert_eq!(s.task_timeout, Duration::from_secs(120));
+        s.validate().unwrap();
+        assert!(serde_json::from_str::<Settings>(r#"{"task_timeout": "5s"}"#).is_err());
+        assert!(serde_json::from_str::<Settings>(r#"{"max_error_char": 1}"#).is_err());
+        for (settings, key) in [
+            (
+                Settings {
+                    max_error_chars: 3,
+                    ..Settings::default()
+                },
+                "max_error_chars",
+            ),
+            (
+                Settings {
+                    chars_per_token: 0,
+                    ..Settings::default()
+                },
+                "chars_per_token",
+            ),
+            (
+                Settings {
+                    error_body_bytes: 0,
+                    ..Settings::default()
+                },
+                "error_body_bytes",
+            ),
+        ] {
+            match settings.validate() {
+                Err(crate::Error::InvalidSetting { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 }

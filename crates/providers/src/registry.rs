@@ -28,15 +28,6 @@ use crate::verdict::parse_verdict;
 use crate::wire::Completion;
 use crate::{RequestOptions, anthropic, gemini, openai};
 
-/// How much of an error reply's body is read to find its message.
-const ERROR_BODY_BYTES: u64 = 64 * 1024;
-
-/// Rough characters per token, for estimates before a call.
-const CHARS_PER_TOKEN: u64 = 4;
-
-/// Tokens a chat message costs beyond its text (role, separators).
-const TOKENS_PER_MESSAGE: u64 = 4;
-
 /// A credential value. Its `Debug` never shows it, and it has no `Display`.
 #[derive(Clone)]
 struct Secret(String);
@@ -322,13 +313,15 @@ impl Entry {
         }
     }
 
-    /// One call: everything up to the interpreted reply text.
+    /// One call: everything up to the interpreted reply text. An error
+    /// reply's body is read up to `error_body_bytes`.
     async fn call(
         &self,
         spec: &CallSpec,
         messages: &[Message],
         timeout: Duration,
         chunks: Option<&ChunkSink>,
+        error_body_bytes: u64,
     ) -> (Result<Completion, Fault>, Option<RateLimitHeaders>) {
         let auth = match &self.credential {
             Credential::None => None,
@@ -370,7 +363,8 @@ impl Entry {
         };
         let limits = rate_limit_headers(response.headers(), SystemTime::now());
         (
-            self.read(response, options.stream, timeout, chunks).await,
+            self.read(response, options.stream, timeout, chunks, error_body_bytes)
+                .await,
             limits,
         )
     }
@@ -381,6 +375,7 @@ impl Entry {
         stream: bool,
         timeout: Duration,
         chunks: Option<&ChunkSink>,
+        error_body_bytes: u64,
     ) -> Result<Completion, Fault> {
         let status = response.status();
         let max = self.config.max_response_bytes;
@@ -388,7 +383,7 @@ impl Entry {
             let headers = response.headers().clone();
             // A broken error body still has its status: classify with what arrived.
             let (body, _, _) =
-                read_capped(response.bytes_stream(), ERROR_BODY_BYTES.min(max)).await;
+                read_capped(response.bytes_stream(), error_body_bytes.min(max)).await;
             return Err(classify_status(status, &headers, &body, SystemTime::now()));
         }
         let is_sse = response
@@ -444,24 +439,7 @@ impl Providers {
         I: IntoIterator<Item = (String, ProviderEntry)>,
         F: Fn(&str) -> Option<String>,
     {
-        if settings.task_timeout.is_zero() {
-            return Err(Error::InvalidSetting {
-                key: "task_timeout",
-                message: "must be greater than zero".into(),
-            });
-        }
-        if settings.eval_timeout.is_zero() {
-            return Err(Error::InvalidSetting {
-                key: "eval_timeout",
-                message: "must be greater than zero".into(),
-            });
-        }
-        if settings.max_error_chars < 20 {
-            return Err(Error::InvalidSetting {
-                key: "max_error_chars",
-                message: "must be at least 20".into(),
-            });
-        }
+        settings.validate()?;
         let entries = entries
             .into_iter()
             .map(|(name, config)| {
@@ -570,8 +548,16 @@ impl Providers {
         } else {
             self.settings.eval_timeout
         };
-        let timeout = spec.timeout(default_timeout);
-        let (result, rate_limits) = entry.call(spec, &messages, timeout, chunks.as_ref()).await;
+        let timeout = spec.timeout(default_timeout, self.settings.max_call_timeout);
+        let (result, rate_limits) = entry
+            .call(
+                spec,
+                &messages,
+                timeout,
+                chunks.as_ref(),
+                self.settings.error_body_bytes,
+            )
+            .await;
         let (outcome, usage) = match result {
             Err(fault) => (fault.into_outcome(cleaner), None),
             Ok(completion) => {
@@ -615,7 +601,8 @@ impl Provider for Providers {
         Ok(self.get(&call.provider)?.rate_key(&call.model))
     }
 
-    /// Prompt characters / 4, plus 4 per message, plus the reply budget
+    /// Prompt characters / `chars_per_token`, plus `tokens_per_message` per
+    /// message, plus the reply budget
     /// (`max_tokens` of the spec, else the entry's `default_max_tokens`).
     /// `None` when the job cannot be rendered (it will fail without a call).
     fn estimate_tokens(&self, job: &Job) -> Option<u64> {
@@ -626,7 +613,10 @@ impl Provider for Providers {
             .iter()
             .map(|m| m.content.chars().count() as u64)
             .sum();
-        let prompt = chars.div_ceil(CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages.len() as u64;
+        let per_message = self.settings.tokens_per_message;
+        let prompt = chars
+            .div_ceil(self.settings.chars_per_token)
+            .saturating_add(per_message.saturating_mul(messages.len() as u64));
         let reply = spec
             .max_tokens()
             .or(entry.config.default_max_tokens())

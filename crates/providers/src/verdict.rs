@@ -37,7 +37,9 @@ use runnel_core::Reply;
 
 use crate::redact::truncate;
 
-/// How much of an unreadable reply an error quotes, in characters.
+/// How much of an unreadable reply an error quotes, in characters. Not a
+/// setting: the whole message is cut to `calls.max_error_chars`, the one
+/// knob for error length.
 const QUOTE_CHARS: usize = 200;
 
 const LABEL_MARKERS: &[&str] = &["label", "verdict", "answer", "classification", "grade"];

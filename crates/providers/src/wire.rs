@@ -8,7 +8,9 @@ use serde_json::Value;
 use crate::classify::Fault;
 use crate::redact::truncate;
 
-/// How much of a malformed body or event is quoted in an error.
+/// How much of a malformed body or event is quoted in an error. Not a
+/// setting: the whole message is cut to `calls.max_error_chars`, the one
+/// knob for error length; this only keeps room for the explanation.
 const SNIPPET_CHARS: usize = 200;
 
 /// A reply's text and token usage, as an adapter read it.

@@ -535,5 +535,67 @@ async fn estimates_count_the_prompt_and_the_reply_budget() {
     // "What is 2+2?" is 12 characters: 3 tokens, plus 4 for the message.
     assert_eq!(p.estimate_tokens(&task(call.clone())), Some(7 + 4096));
     call.params.insert("max_tokens".into(), json!(100));
-    assert_eq!(p.estimate_tokens(&task(call)), Some(107));
+    assert_eq!(p.estimate_tokens(&task(call.clone())), Some(107));
+    // The estimate's figures are settings: 2 characters per token and
+    // nothing per message make 12 characters 6 tokens.
+    let settings = runnel_providers::Settings {
+        chars_per_token: 2,
+        tokens_per_message: 0,
+        ..runnel_providers::Settings::default()
+    };
+    let p = runnel_providers::Providers::new(
+        [(
+            "claude".to_owned(),
+            entry(ProviderKind::Anthropic, "http://127.0.0.1:9"),
+        )],
+        settings,
+        |_| None,
+    )
+    .unwrap();
+    assert_eq!(p.estimate_tokens(&task(call)), Some(106));
+}
+
+/// `error_body_bytes` bounds how much of an error reply is read: a message
+/// past the bound cannot be found, and the error quotes the raw start of the
+/// body instead.
+#[tokio::test]
+async fn error_bodies_are_read_up_to_the_configured_size() {
+    let server = MockServer::start().await;
+    // The message comes after 600 bytes of padding.
+    let body = format!(
+        r#"{{"padding": "{}", "error": {{"message": "the model is unknown"}}}}"#,
+        "x".repeat(600)
+    );
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_raw(body.into_bytes(), "application/json"),
+        )
+        .mount(&server)
+        .await;
+    let mut messages = Vec::new();
+    for error_body_bytes in [64 * 1024, 256] {
+        let settings = runnel_providers::Settings {
+            error_body_bytes,
+            ..runnel_providers::Settings::default()
+        };
+        let p = runnel_providers::Providers::new(
+            [(
+                "oa".to_owned(),
+                entry(ProviderKind::OpenAi, &openai_base(&server)),
+            )],
+            settings,
+            |_| Some(KEY.to_owned()),
+        )
+        .unwrap();
+        let report = p
+            .call(&task(spec("oa", "m", &[("user", "hi")])), None)
+            .await;
+        messages.push(report.outcome.message().unwrap().to_owned());
+    }
+    assert!(messages[0].contains("the model is unknown"), "{messages:?}");
+    assert!(
+        !messages[1].contains("the model is unknown"),
+        "{messages:?}"
+    );
 }

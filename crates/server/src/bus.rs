@@ -11,13 +11,13 @@ use tokio::sync::{broadcast, watch};
 
 use crate::telemetry::Metrics;
 
-/// Events buffered per watched experiment before a slow stream lags.
-const CAPACITY: usize = 4096;
-
 /// Fans engine events out to metrics and event streams.
 #[derive(Debug)]
 pub struct Bus {
     metrics: Arc<Metrics>,
+    /// Events buffered per watched experiment before a slow stream lags
+    /// (`server.event_buffer`).
+    capacity: usize,
     channels: Mutex<HashMap<ExperimentId, broadcast::Sender<Arc<EngineEvent>>>>,
     /// Set once the server shuts down: event streams end, so that the HTTP
     /// server's graceful shutdown does not wait for them.
@@ -25,10 +25,12 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// A bus counting into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// A bus counting into `metrics`, buffering `capacity` events per
+    /// watched experiment (at least one).
+    pub fn new(metrics: Arc<Metrics>, capacity: usize) -> Self {
         Self {
             metrics,
+            capacity: capacity.max(1),
             channels: Mutex::new(HashMap::new()),
             closing: watch::Sender::new(false),
         }
@@ -53,7 +55,7 @@ impl Bus {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
             .entry(experiment)
-            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
             .subscribe()
     }
 }

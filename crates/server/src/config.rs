@@ -6,7 +6,8 @@
 //! Sections: `[server]`, `[database]` (the store), `[scheduler]` (the core),
 //! `[advisor]`, `[providers.NAME]` (one table per provider entry, holding both
 //! the client settings of `runnel-providers` and the limits of
-//! `runnel-advisor`), `[auth]`, `[otel]`, `[log]`.
+//! `runnel-advisor`), `[calls]` (the settings `runnel-providers` applies to
+//! every entry), `[auth]`, `[otel]`, `[log]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "scheduler",
     "advisor",
     "providers",
+    "calls",
     "auth",
     "otel",
     "log",
@@ -74,6 +76,29 @@ pub struct ServerConfig {
     /// Minimum time between two `progress` events of one event stream.
     #[serde(with = "runnel_core::config::duration")]
     pub progress_interval: Duration,
+    /// How often an event stream reads its experiment's status from the
+    /// database while no event arrives (a stop or an end on another
+    /// replica reaches it this way).
+    #[serde(with = "runnel_core::config::duration")]
+    pub events_status_poll: Duration,
+    /// Events buffered per watched experiment; a stream further behind
+    /// loses events and catches up from the database. At most 1048576.
+    pub event_buffer: usize,
+    /// Wait before listening again after the database's notification
+    /// listener failed (PostgreSQL).
+    #[serde(with = "runnel_core::config::duration")]
+    pub listen_retry: Duration,
+    /// Runs or log entries per page when a request gives no `limit` (a
+    /// request may ask for up to `database.max_page`).
+    pub default_page: usize,
+    /// Examples of a dataset that an experiment's templates are checked
+    /// against before it is created (at most `database.max_page`).
+    pub template_sample: usize,
+    /// Upper bounds of the provider-call latency histogram, in seconds,
+    /// increasing. The default reaches the default `scheduler.max_call_timeout`
+    /// (no call lasts longer), so the slowest calls are not all lumped into
+    /// the last bucket.
+    pub latency_buckets: Vec<f64>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +110,15 @@ impl Default for ServerConfig {
             replica_id: None,
             rate_state_interval: Duration::from_secs(15),
             progress_interval: Duration::from_millis(250),
+            events_status_poll: Duration::from_secs(1),
+            event_buffer: 4096,
+            listen_retry: Duration::from_secs(1),
+            default_page: 100,
+            template_sample: 200,
+            latency_buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                300.0, 600.0, 1800.0, 3600.0,
+            ],
         }
     }
 }
@@ -172,6 +206,7 @@ struct Raw {
     scheduler: runnel_core::Config,
     advisor: AdvisorConfig,
     providers: BTreeMap<String, Map<String, Value>>,
+    calls: Settings,
     auth: AuthConfig,
     otel: OtelConfig,
     log: LogConfig,
@@ -199,6 +234,9 @@ pub struct RunnelConfig {
     pub advisor: AdvisorConfig,
     /// `[providers.NAME]`.
     pub providers: BTreeMap<String, ProviderSection>,
+    /// `[calls]`: settings of every provider entry (the timeouts in it are
+    /// not read: [`RunnelConfig::provider_settings`] takes the scheduler's).
+    pub calls: Settings,
     /// `[auth]`.
     pub auth: AuthConfig,
     /// `[otel]`.
@@ -308,6 +346,7 @@ impl RunnelConfig {
             scheduler: raw.scheduler,
             advisor,
             providers,
+            calls: raw.calls,
             auth: raw.auth,
             otel: raw.otel,
             log: raw.log,
@@ -353,6 +392,53 @@ impl RunnelConfig {
                 "server.progress_interval",
                 "must be greater than zero",
             ));
+        }
+        self.provider_settings().validate().map_err(|e| match e {
+            runnel_providers::Error::InvalidSetting { key, message } => {
+                ConfigError::new(format!("calls.{key}"), message)
+            }
+            other => ConfigError::new("calls", other.to_string()),
+        })?;
+        let server = &self.server;
+        let max_page = self.database.max_page;
+        let buckets = &server.latency_buckets;
+        // (key, whether its value is valid, what a valid one is)
+        let checks = [
+            (
+                "server.events_status_poll",
+                server.events_status_poll >= Duration::from_millis(10),
+                "must be at least 10ms",
+            ),
+            (
+                "server.event_buffer",
+                (1..=1 << 20).contains(&server.event_buffer),
+                "must be between 1 and 1048576",
+            ),
+            (
+                "server.listen_retry",
+                server.listen_retry >= Duration::from_millis(10),
+                "must be at least 10ms",
+            ),
+            (
+                "server.default_page",
+                (1..=max_page).contains(&server.default_page),
+                "must be between 1 and database.max_page",
+            ),
+            (
+                "server.template_sample",
+                (1..=max_page).contains(&server.template_sample),
+                "must be between 1 and database.max_page",
+            ),
+            (
+                "server.latency_buckets",
+                (1..=100).contains(&buckets.len())
+                    && buckets.iter().all(|b| b.is_finite() && *b > 0.0)
+                    && buckets.windows(2).all(|w| w[0] < w[1]),
+                "must be 1 to 100 increasing numbers of seconds above 0",
+            ),
+        ];
+        if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
+            return Err(ConfigError::new(key, message));
         }
         if self.server.rate_state_interval < Duration::from_secs(1) {
             return Err(ConfigError::new(
@@ -414,12 +500,14 @@ impl RunnelConfig {
         Ok(())
     }
 
-    /// The provider clients' settings derived from the scheduler's timeouts.
+    /// The provider clients' settings: `[calls]` with the scheduler's
+    /// timeouts.
     pub fn provider_settings(&self) -> Settings {
         Settings {
             task_timeout: self.scheduler.task_timeout,
             eval_timeout: self.scheduler.eval_timeout,
-            ..Settings::default()
+            max_call_timeout: self.scheduler.max_call_timeout,
+            ..self.calls.clone()
         }
     }
 
@@ -434,6 +522,7 @@ impl RunnelConfig {
                 ..self.advisor.clone()
             },
             providers: BTreeMap::new(),
+            calls: self.calls.clone(),
             auth: self.auth.clone(),
             otel: self.otel.clone(),
             log: self.log.clone(),
@@ -672,12 +761,82 @@ mod tests {
                 "providers.x.unlimited",
             ),
             ("[database]\nbatch_size = 0", "database.batch_size"),
+            ("[database]\nmax_page = 0", "database.max_page"),
+            ("[database]\nexport_page = 0", "database.export_page"),
+            ("[database]\nscan_chunk_max = 1", "database.scan_chunk_max"),
+            (
+                "[database]\ntransition_tries = 0",
+                "database.transition_tries",
+            ),
+            (
+                "[database]\nexamples_per_statement = 9000",
+                "database.examples_per_statement",
+            ),
+            (
+                "[database]\nsqlite_synchronous = \"sometimes\"",
+                "database.sqlite_synchronous",
+            ),
+            ("[database]\nanalyze_after = -1", "database.analyze_after"),
+            ("[calls]\nmax_error_chars = 5", "calls.max_error_chars"),
+            ("[calls]\nerror_body_bytes = 10", "calls.error_body_bytes"),
+            ("[calls]\nchars_per_token = 0", "calls.chars_per_token"),
+            (
+                "[calls]\ntokens_per_message = 100000",
+                "calls.tokens_per_message",
+            ),
+            ("[calls]\ntask_timeout = \"5s\"", "task_timeout"),
+            (
+                "[scheduler]\nmax_call_timeout = \"1m\"",
+                "scheduler.max_call_timeout",
+            ),
+            (
+                "[scheduler]\nretry_after_spread = -0.5",
+                "scheduler.retry_after_spread",
+            ),
+            (
+                "[scheduler]\nfailures_logged = -1",
+                "scheduler.failures_logged",
+            ),
+            (
+                "[server]\nevents_status_poll = \"1ms\"",
+                "server.events_status_poll",
+            ),
+            ("[server]\nevent_buffer = 0", "server.event_buffer"),
+            ("[server]\nlisten_retry = 0", "server.listen_retry"),
+            ("[server]\ndefault_page = 1001", "server.default_page"),
+            ("[server]\ntemplate_sample = 0", "server.template_sample"),
+            (
+                "[server]\nlatency_buckets = [1.0, 0.5]",
+                "server.latency_buckets",
+            ),
+            ("[server]\nlatency_buckets = []", "server.latency_buckets"),
             ("[database]\nurl = \"mysql://h/db\"", "database.url"),
         ];
         for (text, key) in cases {
             let err = RunnelConfig::from_toml(text).unwrap_err();
             assert!(err.key.contains(key), "{text:?}: {err}");
         }
+    }
+
+    /// Regression: `provider_settings` filled everything but the timeouts
+    /// from `Settings::default()`, so a user's error-message length never
+    /// reached the providers.
+    #[test]
+    fn call_settings_from_the_file_reach_the_providers() {
+        let config = RunnelConfig::from_toml(
+            "[calls]\nmax_error_chars = 80\nerror_body_bytes = 1024\nchars_per_token = 3\n\
+             [scheduler]\ntask_timeout = \"200s\"\nmax_call_timeout = \"2h\"\n",
+        )
+        .unwrap();
+        let settings = config.provider_settings();
+        assert_eq!(settings.max_error_chars, 80);
+        assert_eq!(settings.error_body_bytes, 1024);
+        assert_eq!(settings.chars_per_token, 3);
+        assert_eq!(settings.task_timeout, Duration::from_secs(200));
+        assert_eq!(settings.max_call_timeout, Duration::from_secs(7200));
+        // And they survive `runnel config`'s output.
+        let again = RunnelConfig::from_toml(&config.to_masked_toml()).unwrap();
+        assert_eq!(again.provider_settings(), settings);
     }
 
     /// Regression (found by configuration fuzzing in `cargo xtask chaos`):
@@ -693,6 +852,9 @@ mod tests {
             "advisor.breaker_cooldown",
             "advisor.probe_timeout",
             "server.rate_state_interval",
+            "server.events_status_poll",
+            "server.listen_retry",
+            "scheduler.max_call_timeout",
             "otel.metrics_interval",
         ] {
             let (section, name) = key.split_once('.').unwrap();

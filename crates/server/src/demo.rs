@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use runnel_core::rng::Rng;
 use runnel_sim::{Sim, SimConfig, SimHandle, StatsSnapshot};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
@@ -29,6 +30,10 @@ pub const PROVIDER: &str = "sim";
 pub const TASK_MODEL: &str = "sim-task";
 /// The judge model.
 pub const JUDGE_MODEL: &str = "sim-judge";
+/// How long the demo's API may take to close once the user stops it; open
+/// event streams would otherwise hold it. Not a setting: it bounds only the
+/// HTTP connections; the engine's shutdown (and its grace) comes after.
+const API_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Options of `runnel demo`.
 #[derive(Clone, Debug, clap::Args)]
@@ -83,44 +88,25 @@ pub struct DemoArgs {
     pub exit: bool,
 }
 
-/// A small deterministic generator (SplitMix64), so the same seed always
-/// gives the same dataset.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-}
-
 /// `n` arithmetic questions (`+`, `-`, `×`) in the simulator's convention:
 /// input `{"question": "What is 17 + 25?"}`, expected `42` (a number),
 /// metadata `{"op": "+"}`.
 pub fn dataset(n: usize, seed: u64) -> Vec<ExampleIn> {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     (0..n)
         .map(|_| {
-            let (a, op, b, result) = match rng.next() % 3 {
+            let (a, op, b, result) = match rng.below(3) {
                 0 => {
-                    let (a, b) = (rng.between(2, 99), rng.between(2, 99));
+                    let (a, b) = (rng.range(2, 99), rng.range(2, 99));
                     (a, "+", b, a + b)
                 }
                 1 => {
-                    let a = rng.between(10, 99);
-                    let b = rng.between(1, a);
+                    let a = rng.range(10, 99);
+                    let b = rng.range(1, a);
                     (a, "-", b, a - b)
                 }
                 _ => {
-                    let (a, b) = (rng.between(2, 19), rng.between(2, 19));
+                    let (a, b) = (rng.range(2, 19), rng.range(2, 19));
                     (a, "×", b, a * b)
                 }
             };
@@ -301,7 +287,7 @@ pub async fn run(
     }
     if let Some(server) = server {
         // Open event streams would hold a graceful shutdown forever.
-        match tokio::time::timeout(Duration::from_secs(3), server).await {
+        match tokio::time::timeout(API_CLOSE_WAIT, server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "serving the API"),
             Ok(_) => {}
             Err(_) => tracing::debug!("closed the API with connections still open"),

@@ -33,12 +33,19 @@ pub fn quiet_logs(config: &mut RunnelConfig) {
     }
 }
 
+// The three constants below shape what a person watching `runnel run` or
+// `runnel demo` sees in the terminal; they change no result, no load and no
+// stored value, so they are not settings (a configuration key would be
+// one more thing to document for no effect on an experiment).
+
 /// How far back the "current rate" looks.
 const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// How often the progress is redrawn (plain lines: printed).
 const TICK: Duration = Duration::from_millis(200);
 /// Plain progress lines are printed at most this often.
 const LINE_EVERY: Duration = Duration::from_secs(1);
+/// How often the progress bar's spinner moves.
+const SPINNER_TICK: Duration = Duration::from_millis(120);
 
 /// An experiment this process created and started, with its event stream.
 #[derive(Debug)]
@@ -193,7 +200,7 @@ impl Display {
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
-        bar.enable_steady_tick(Duration::from_millis(120));
+        bar.enable_steady_tick(SPINNER_TICK);
         Display::Bar(bar)
     }
 

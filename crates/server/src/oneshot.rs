@@ -48,6 +48,12 @@ use crate::api::types::{CreateExperiment, EvaluatorIn, ExampleIn, TaskIn};
 use crate::api::validate;
 use crate::config::{LogFormat, Overrides, RunnelConfig};
 use crate::follow::{self, Display, End, Tally};
+
+/// After an interrupt, how much longer than `scheduler.shutdown_grace` the
+/// runner follows the experiment, so that results the engine records right at
+/// the end of the grace still reach the summary. Not a setting: it only
+/// bounds how long the terminal waits for records already under way.
+const RECORD_SLACK: Duration = Duration::from_secs(1);
 use crate::lifecycle;
 use crate::runtime::Runtime;
 use crate::state::AppState;
@@ -541,7 +547,7 @@ async fn execute(
     } = prepared;
     let sample: Vec<ExampleData> = examples
         .iter()
-        .take(validate::TEMPLATE_SAMPLE)
+        .take(state.config.server.template_sample)
         .map(|e| ExampleData {
             input: e.input.clone(),
             expected: e.expected.clone(),
@@ -600,7 +606,7 @@ async fn execute(
             .await
             .map_err(|e| anyhow::anyhow!("stopping the experiment: {e}"))?;
         // Let the engine record what is in flight, bounded by the grace.
-        let grace = state.config.scheduler.shutdown_grace + Duration::from_secs(1);
+        let grace = state.config.scheduler.shutdown_grace + RECORD_SLACK;
         let _ = follow::follow(
             &mut launched,
             &mut tally,

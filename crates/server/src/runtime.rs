@@ -89,7 +89,7 @@ impl Runtime {
             tracing::warn!(provider = %problem.entry, "{}", problem.message);
         }
         let metrics = Arc::new(Metrics::new(&config, advisor.clone())?);
-        let bus = Arc::new(Bus::new(metrics.clone()));
+        let bus = Arc::new(Bus::new(metrics.clone(), config.server.event_buffer));
         let ports = Ports {
             store: db.clone(),
             provider: providers,
@@ -119,7 +119,8 @@ impl Runtime {
         };
         let mut background = Vec::new();
         if let Some(listener) = db.listen().await.context("listening for notifications")? {
-            background.push(tokio::spawn(listen(listener, handle.clone())));
+            let retry = config.server.listen_retry;
+            background.push(tokio::spawn(listen(listener, handle.clone(), retry)));
         }
         background.push(tokio::spawn(save_rate_state_every(
             db.clone(),
@@ -167,7 +168,7 @@ impl Runtime {
 }
 
 /// Reacts to other replicas' stop/delete announcements.
-async fn listen(mut listener: runnel_store::Listener, engine: EngineHandle) {
+async fn listen(mut listener: runnel_store::Listener, engine: EngineHandle, retry: Duration) {
     loop {
         match listener.recv().await {
             Ok(Heard::Event(event)) => {
@@ -186,7 +187,7 @@ async fn listen(mut listener: runnel_store::Listener, engine: EngineHandle) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "notification listener failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(retry).await;
             }
         }
     }

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::follow::Tally;
 
-/// How many failure messages the summary quotes.
+/// How many failure messages the summary quotes. Not a setting: it only
+/// shapes the terminal summary; every failure is in the results and the log.
 const ERRORS_SHOWN: usize = 5;
 
 /// Median and 95th percentile of a set of latencies, in milliseconds.

@@ -220,10 +220,7 @@ impl Metrics {
                 .f64_histogram("runnel_job_latency")
                 .with_unit("s")
                 .with_description("Provider call latency")
-                .with_boundaries(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    120.0,
-                ])
+                .with_boundaries(config.server.latency_buckets.clone())
                 .build(),
             runs: meter
                 .u64_counter("runnel_runs_recorded")

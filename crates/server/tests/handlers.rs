@@ -283,6 +283,60 @@ async fn the_body_limit_is_the_configured_one() {
     f.shutdown().await;
 }
 
+/// Page limits, the call-timeout cap and the template sample come from the
+/// configuration: `database.max_page` bounds `limit`, `server.default_page`
+/// applies without one, `scheduler.max_call_timeout` bounds `timeout_s`,
+/// and `server.template_sample` is how many examples templates are checked
+/// against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_limits_timeouts_and_the_template_sample_are_the_configured_ones() {
+    let f = Fixture::with(|t| {
+        *t = t
+            .replace("[database]\n", "[database]\nmax_page = 3\n")
+            .replace(
+                "body_limit_bytes = 4096",
+                "body_limit_bytes = 4096\ndefault_page = 2\ntemplate_sample = 2\n\
+                 [scheduler]\nmax_call_timeout = \"10s\"\ntask_timeout = \"5s\"\neval_timeout = \"5s\"",
+            )
+    })
+    .await;
+    let (_, id) = f.stopped_experiment("limits").await;
+    for path in ["runs", "logs"] {
+        let (status, problem) = f.get(&format!("/v1/experiments/{id}/{path}?limit=4")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("from 1 to 3"),
+            "{problem}"
+        );
+        let (status, body) = f.get(&format!("/v1/experiments/{id}/{path}?limit=3")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (body, accepted) in [
+        (json!({"timeout_s": 10}), true),
+        (json!({"timeout_s": 10.5}), false),
+    ] {
+        let dataset = f.dataset(json!([{"input": {"a": 1, "b": 2}}])).await;
+        let request = json!({"dataset_id": dataset, "name": "t", "start": false,
+                             "task": merged(task(), body)});
+        let (status, problem) = f.post("/v1/experiments", &request).await;
+        if accepted {
+            assert_eq!(status, StatusCode::CREATED, "{problem}");
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+            assert!(problem.to_string().contains("at most 10"), "{problem}");
+        }
+    }
+    // `{{input.c}}` is only in the third example: outside a sample of two.
+    let dataset = f
+        .dataset(json!([{"input": {"a": 1}}, {"input": {"a": 2}}, {"input": {"c": 3}}]))
+        .await;
+    let request = json!({"dataset_id": dataset, "name": "s", "start": false,
+        "task": merged(task(), json!({"messages": [{"role": "user", "content": "{{input.c}}"}]}))});
+    let (status, problem) = f.post("/v1/experiments", &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    f.shutdown().await;
+}
+
 /// Regression (found by `cargo xtask chaos`): an id that percent-decodes to
 /// invalid UTF-8 got axum's plain-text 400 instead of a problem document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

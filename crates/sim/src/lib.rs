@@ -7,9 +7,10 @@
 //! faults and outages, and makes up deterministic replies that a test can
 //! predict.
 //!
-//! **Architecture invariant:** this crate does not depend on `runnel-core`
-//! or any other runnel crate, and knows nothing of experiments: it is a
-//! provider, not a client. Its only clock for limits, outage windows and
+//! **Architecture invariant:** this crate knows nothing of experiments: it
+//! is a provider, not a client. Of the runnel crates it uses only
+//! `runnel-core`'s duration syntax (`runnel_core::duration`, so `runnel sim`
+//! and the server read the same texts), never its scheduling, ports or types. Its only clock for limits, outage windows and
 //! statistics is [`SimClock`], so tests step time with a [`ManualClock`]
 //! instead of sleeping.
 //!

@@ -56,6 +56,53 @@ pub struct StoreConfig {
     /// database that lacks migrations fails with a message to run
     /// `runnel migrate`. Default true.
     pub auto_migrate: bool,
+    /// SQLite only: how hard a commit waits for the disk (`PRAGMA
+    /// synchronous`): `off`, `normal`, `full` or `extra`. With the
+    /// write-ahead log `normal` never corrupts the database but may lose the
+    /// last commits on a power cut (not on a crash of runnel); `full` keeps
+    /// them at the cost of one more disk flush per commit. Default `normal`.
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// Smallest number of examples (or runs) read per step when the work of
+    /// an experiment is reconstructed. Steps start at the page size within
+    /// these bounds and double while the scan finds little missing work.
+    /// Default 256.
+    pub scan_chunk_min: usize,
+    /// Largest step of that scan: bigger steps cross finished work in fewer
+    /// statements but read more rows each. Default 16384.
+    pub scan_chunk_max: usize,
+    /// How often a lifecycle change (start, stop, resume, delete) is tried
+    /// again when the row changed between its statement and the read that
+    /// explains why it did not apply; after that the call fails as
+    /// unavailable. Default 5.
+    pub transition_tries: usize,
+    /// Examples inserted per multi-row statement when a dataset is
+    /// imported (each binds 4 values; at most 8191, which keeps a statement
+    /// under SQLite's bind limit). Default 500.
+    pub examples_per_statement: usize,
+    /// Imports of at least this many examples refresh PostgreSQL's planner
+    /// statistics (`ANALYZE`) at once instead of waiting for autovacuum.
+    /// Default 10000.
+    pub analyze_after: usize,
+    /// Largest page of runs, logs or examples one read returns; also the
+    /// largest `limit` the HTTP API accepts. Default 1000.
+    pub max_page: usize,
+    /// Runs read per page while `runs.jsonl` streams an experiment's results
+    /// (no connection is held between pages); cut to `max_page`. Default 500.
+    pub export_page: usize,
+}
+
+/// SQLite's `PRAGMA synchronous` levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// No flush: fastest; an OS crash or power cut may corrupt the database.
+    Off,
+    /// Flush at checkpoints (safe with the write-ahead log runnel uses).
+    Normal,
+    /// Flush at every commit.
+    Full,
+    /// Like `full`, and the directory too.
+    Extra,
 }
 
 /// Most pool connections (far above any database's own limit).
@@ -66,6 +113,15 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 const MAX_QUEUE: usize = 1_000_000;
 /// Most batch writer tasks.
 const MAX_WRITERS: usize = 64;
+/// Bind parameters one statement may carry: SQLite's limit
+/// (`SQLITE_MAX_VARIABLE_NUMBER`, 32766 since 3.32) is the lower of the two
+/// databases' (PostgreSQL's wire protocol counts them in 16 bits). A limit
+/// of the database, not a setting.
+pub(crate) const MAX_BINDS: usize = 32_766;
+/// Values bound per imported example (dataset, input, expected, metadata).
+pub(crate) const BINDS_PER_EXAMPLE: usize = 4;
+/// Largest page or scan step (far more rows than one response should hold).
+const MAX_ROWS: usize = 1_000_000;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -81,6 +137,14 @@ impl Default for StoreConfig {
             batch_queue: 1024,
             batch_writers: 1,
             auto_migrate: true,
+            sqlite_synchronous: SqliteSynchronous::Normal,
+            scan_chunk_min: 256,
+            scan_chunk_max: 16_384,
+            transition_tries: 5,
+            examples_per_statement: 500,
+            analyze_after: 10_000,
+            max_page: 1000,
+            export_page: 500,
         }
     }
 }
@@ -157,6 +221,37 @@ impl StoreConfig {
                 format!("must be between 1 and {MAX_WRITERS}"),
             );
         }
+        if !(1..=MAX_ROWS).contains(&self.scan_chunk_min) {
+            return bad(
+                "scan_chunk_min",
+                format!("must be between 1 and {MAX_ROWS}"),
+            );
+        }
+        if !(self.scan_chunk_min..=MAX_ROWS).contains(&self.scan_chunk_max) {
+            return bad(
+                "scan_chunk_max",
+                format!("must be at least scan_chunk_min and at most {MAX_ROWS}"),
+            );
+        }
+        if !(1..=100).contains(&self.transition_tries) {
+            return bad("transition_tries", "must be between 1 and 100");
+        }
+        let most_examples = MAX_BINDS / BINDS_PER_EXAMPLE;
+        if !(1..=most_examples).contains(&self.examples_per_statement) {
+            return bad(
+                "examples_per_statement",
+                format!(
+                    "must be between 1 and {most_examples} (each example binds \
+                     {BINDS_PER_EXAMPLE} values; SQLite allows {MAX_BINDS} per statement)"
+                ),
+            );
+        }
+        if !(1..=MAX_ROWS).contains(&self.max_page) {
+            return bad("max_page", format!("must be between 1 and {MAX_ROWS}"));
+        }
+        if !(1..=MAX_ROWS).contains(&self.export_page) {
+            return bad("export_page", format!("must be between 1 and {MAX_ROWS}"));
+        }
         Ok(())
     }
 }
@@ -216,6 +311,58 @@ mod tests {
             ..StoreConfig::default()
         };
         assert_eq!(key(c), "batch_queue");
+        let base = StoreConfig::default;
+        for (c, k) in [
+            (
+                StoreConfig {
+                    scan_chunk_min: 0,
+                    ..base()
+                },
+                "scan_chunk_min",
+            ),
+            (
+                StoreConfig {
+                    scan_chunk_max: 100,
+                    ..base()
+                },
+                "scan_chunk_max",
+            ),
+            (
+                StoreConfig {
+                    transition_tries: 0,
+                    ..base()
+                },
+                "transition_tries",
+            ),
+            (
+                StoreConfig {
+                    examples_per_statement: 8192,
+                    ..base()
+                },
+                "examples_per_statement",
+            ),
+            (
+                StoreConfig {
+                    max_page: 0,
+                    ..base()
+                },
+                "max_page",
+            ),
+            (
+                StoreConfig {
+                    export_page: 0,
+                    ..base()
+                },
+                "export_page",
+            ),
+        ] {
+            assert_eq!(key(c), k);
+        }
+        let c: StoreConfig = serde_json::from_str(r#"{"sqlite_synchronous": "full"}"#).unwrap();
+        assert_eq!(c.sqlite_synchronous, SqliteSynchronous::Full);
+        let err =
+            serde_json::from_str::<StoreConfig>(r#"{"sqlite_synchronous": "always"}"#).unwrap_err();
+        assert!(err.to_string().contains("always"), "{err}");
     }
 
     /// Regression (found by `cargo xtask chaos`'s configuration fuzzing):

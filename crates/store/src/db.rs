@@ -24,7 +24,7 @@ use crate::backend::Backend as _;
 use crate::batch::BatchLimits;
 use crate::config::{StoreConfig, redact_url};
 use crate::error::StoreError;
-use crate::sql::{SqlCore, SqlStore};
+use crate::sql::{SqlCore, SqlStore, Tuning};
 use crate::types::{
     ControlEvent, DatasetInfo, ExperimentFilter, ExperimentView, LogEntry, NewEvaluator,
     NewExample, NewExperiment, RunView, RunsPage, Transition,
@@ -105,7 +105,12 @@ fn sqlite_options(config: &StoreConfig) -> Result<SqliteConnectOptions, StoreErr
         .map_err(|e| config_error(e, &config.url))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(match config.sqlite_synchronous {
+            crate::SqliteSynchronous::Off => SqliteSynchronous::Off,
+            crate::SqliteSynchronous::Normal => SqliteSynchronous::Normal,
+            crate::SqliteSynchronous::Full => SqliteSynchronous::Full,
+            crate::SqliteSynchronous::Extra => SqliteSynchronous::Extra,
+        })
         .busy_timeout(config.busy_timeout)
         .foreign_keys(true))
 }
@@ -172,7 +177,7 @@ impl Db {
                 let pool = pool.connect_with(options).await.map_err(|e| {
                     StoreError::Unavailable(format!("cannot open {}: {e}", config.url))
                 })?;
-                let core = SqlCore::new(pool);
+                let core = SqlCore::new(pool, Tuning::of(config));
                 core.prepare(config.auto_migrate).await?;
                 Ok(Self {
                     inner: Inner::Sqlite(core.into_store(limits(config, DatabaseKind::Sqlite))),
@@ -193,7 +198,7 @@ impl Db {
                             redact_url(&config.url)
                         ))
                     })?;
-                let core = SqlCore::new(pool);
+                let core = SqlCore::new(pool, Tuning::of(config));
                 core.prepare(config.auto_migrate).await?;
                 Ok(Self {
                     inner: Inner::Postgres(core.into_store(limits(config, DatabaseKind::Postgres))),
@@ -342,7 +347,7 @@ impl Db {
         on!(self, s => s.core.append_examples(id, examples).await)
     }
 
-    /// Up to `limit` (at most 1000) examples of a dataset after `after`, in
+    /// Up to `limit` (at most `max_page`) examples of a dataset after `after`, in
     /// id order (the order work is handed out in).
     pub async fn examples_page(
         &self,
@@ -392,7 +397,7 @@ impl Db {
         on!(self, s => s.core.attach_evaluator(id, new).await)
     }
 
-    /// Up to `limit` (at most 1000) runs after `after`, each with its annotations.
+    /// Up to `limit` (at most `max_page`) runs after `after`, each with its annotations.
     pub async fn runs_page(
         &self,
         id: ExperimentId,
@@ -404,7 +409,7 @@ impl Db {
 
     /// Every run of the experiment with its annotations, read page by page.
     pub fn runs_stream(&self, id: ExperimentId) -> BoxStream<'static, Result<RunView, StoreError>> {
-        on!(self, s => s.core.runs_stream(id, 500))
+        on!(self, s => s.core.runs_stream(id))
     }
 
     /// Log entries newest first, before entry `before` (from the newest when
@@ -594,5 +599,33 @@ mod tests {
         );
         assert_eq!(DatabaseKind::of_url("mysql://h/db"), None);
         assert_eq!(DatabaseKind::of_url(""), None);
+    }
+
+    /// `database.sqlite_synchronous` reaches every connection of the pool.
+    #[tokio::test]
+    async fn sqlite_synchronous_is_the_configured_level() {
+        crate::testing::with_temp_db(DatabaseKind::Sqlite, async |temp| {
+            for (level, expected) in [
+                (crate::SqliteSynchronous::Full, 2),
+                (crate::SqliteSynchronous::Normal, 1),
+                (crate::SqliteSynchronous::Extra, 3),
+            ] {
+                let config = StoreConfig {
+                    sqlite_synchronous: level,
+                    ..StoreConfig::for_url(temp.url())
+                };
+                let db = Db::connect(&config).await.unwrap();
+                let Inner::Sqlite(s) = &db.inner else {
+                    panic!("not SQLite")
+                };
+                let read: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                    .fetch_one(s.core.pool())
+                    .await
+                    .unwrap();
+                assert_eq!(read, expected, "{level:?}");
+                db.close().await;
+            }
+        })
+        .await;
     }
 }

@@ -79,7 +79,7 @@ pub mod __private {
     pub use futures;
 }
 
-pub use config::{StoreConfig, redact_url};
+pub use config::{SqliteSynchronous, StoreConfig, redact_url};
 pub use db::{DatabaseKind, Db, Heard, Listener, migrate};
 pub use error::{Result, StoreError};
 pub use replica::{random_replica_id, replica_id_beside, replica_id_file};

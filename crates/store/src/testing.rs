@@ -144,7 +144,8 @@ pub async fn example_ids(
     let mut ids = Vec::new();
     loop {
         let page = db
-            .examples_page(dataset, ids.last().copied(), crate::sql::MAX_PAGE)
+            // Clamped to the store's `max_page`.
+            .examples_page(dataset, ids.last().copied(), usize::MAX)
             .await
             .unwrap_or_else(|e| panic!("reading the examples of {dataset}: {e}"));
         if page.is_empty() {

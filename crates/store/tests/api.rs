@@ -424,7 +424,66 @@ async fn provider_text_with_nul_characters_is_stored(kind: DatabaseKind) {
     .await;
 }
 
+/// Small statement sizes and page limits from `[database]` take effect:
+/// an import split into many statements keeps every example in order, pages
+/// are clamped to `max_page`, the work scan crosses recorded runs in small
+/// steps, and `runs.jsonl`'s stream reads every run across small pages.
+async fn statement_sizes_and_page_limits_come_from_the_config(kind: DatabaseKind) {
+    with_temp_db(kind, async |temp| {
+        let config = StoreConfig {
+            examples_per_statement: 3,
+            max_page: 2,
+            export_page: 2,
+            scan_chunk_min: 1,
+            scan_chunk_max: 2,
+            ..StoreConfig::for_url(temp.url())
+        };
+        let db = Db::connect(&config).await.unwrap();
+        let (x, ids) = seed(&db, 7, 1, &[]).await;
+        let dataset = db.experiment(x).await.unwrap().dataset_id;
+        let inputs: Vec<_> = {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = db.examples_page(dataset, after, 100).await.unwrap();
+                assert!(page.len() <= 2, "a page of {} above max_page", page.len());
+                let Some(last) = page.last() else { break all };
+                after = Some(last.0);
+                all.extend(page.into_iter().map(|(_, e)| e.input));
+            }
+        };
+        let expected: Vec<_> = (0..7).map(|n| json!({"n": n})).collect();
+        assert_eq!(inputs, expected);
+
+        let claim = match db.start(x, &ReplicaId::new("replica-a")).await.unwrap() {
+            Transition::Done(c) => c,
+            other => panic!("{other:?}"),
+        };
+        for &example in &ids[..5] {
+            assert!(matches!(
+                db.record_run(&claim, run(example, 0, true)).await.unwrap(),
+                Write::Accepted(_)
+            ));
+        }
+        let work = db.task_page(&claim, None, 10).await.unwrap();
+        let left: Vec<_> = work.iter().map(|w| w.key.example).collect();
+        assert_eq!(left, ids[5..]);
+        let streamed: Vec<_> = db.runs_stream(x).map(|r| r.unwrap().id).collect().await;
+        assert_eq!(streamed.len(), 5);
+        assert_eq!(db.runs_page(x, None, 100).await.unwrap().items.len(), 2);
+        for i in 0..3 {
+            db.log(x, LogLevel::Info, format!("event {i}"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(db.logs(x, None, 100).await.unwrap().len(), 2);
+        db.close().await;
+    })
+    .await;
+}
+
 on_both_databases!(
+    statement_sizes_and_page_limits_come_from_the_config,
     datasets_are_imported_whole_and_counted,
     experiments_report_progress_from_their_results,
     experiments_are_validated_and_evaluators_attached,

@@ -8,14 +8,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::tokio_clock::TokioClock;
 use crate::memory::{FnProvider, MemoryStore, Unlimited};
 use crate::ports::{
-    Acquire, Clock, Departure, EngineEvent, EventSink, Finish, MockAdvisor, MockProvider,
-    MockStore, WaitReason, Write,
+    Acquire, Departure, EngineEvent, EventSink, Finish, MockAdvisor, MockProvider, MockStore,
+    WaitReason, Write,
 };
 use crate::work::{TaskKey, TaskWork};
 use crate::{
@@ -23,19 +24,6 @@ use crate::{
     EvaluatorSpec, ExampleData, ExampleId, ExperimentId, ExperimentPlan, ExperimentStatus, Outcome,
     Ports, RateKey, ReplicaId, Reply, RunId, RunWrite,
 };
-
-/// tokio's clock: virtual under `start_paused`.
-struct TokioClock;
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline))
-    }
-}
 
 /// Forwards every event into a channel the test reads.
 struct Events(mpsc::UnboundedSender<EngineEvent>);
@@ -56,6 +44,27 @@ async fn wait_for(
             return event;
         }
     }
+}
+
+/// Ports on the in-memory store with `provider`, no rate limits, and an
+/// event channel the test reads.
+#[allow(clippy::type_complexity)]
+fn memory_ports<P: crate::Provider>(
+    store: Arc<MemoryStore>,
+    provider: Arc<P>,
+) -> (
+    Ports<MemoryStore, P, Unlimited, TokioClock, Events>,
+    mpsc::UnboundedReceiver<EngineEvent>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ports = Ports {
+        store,
+        provider,
+        advisor: Arc::new(Unlimited),
+        clock: Arc::new(TokioClock),
+        events: Arc::new(Events(tx)),
+    };
+    (ports, rx)
 }
 
 fn call(provider: &str) -> CallSpec {
@@ -551,14 +560,7 @@ async fn writes_are_retried_while_the_store_is_down_and_nothing_is_lost() {
         };
         (Duration::from_millis(100), Outcome::Success(reply))
     });
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let ports = Ports {
-        store: store.clone(),
-        provider: Arc::new(provider),
-        advisor: Arc::new(Unlimited),
-        clock,
-        events: Arc::new(Events(tx)),
-    };
+    let (ports, mut rx) = memory_ports(store.clone(), Arc::new(provider));
     let (engine, _handle) = Engine::new(Config::default(), replica, ports);
     tokio::spawn(engine.run());
     // Take the database away after the first recorded run, for 20 s.
@@ -632,14 +634,7 @@ async fn whole_runs_through_the_memory_store_complete_with_one_result_each() {
         (Duration::from_millis(50 + u64::from(n % 5) * 30), outcome)
     });
     let provider = Arc::new(provider);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let ports = Ports {
-        store: store.clone(),
-        provider: provider.clone(),
-        advisor: Arc::new(Unlimited),
-        clock,
-        events: Arc::new(Events(tx)),
-    };
+    let (ports, mut rx) = memory_ports(store.clone(), provider.clone());
     let config = Config {
         max_concurrency: 7,
         high_watermark: 16,
@@ -692,4 +687,52 @@ async fn an_engine_without_takeover_claims_nothing_of_its_own_accord() {
     // Several leases pass without any scan.
     tokio::time::sleep(Duration::from_secs(120)).await;
     handle.shutdown().await.unwrap();
+}
+
+/// The wait after a `Retry-After` is the provider's pause plus at most
+/// `retry_after_spread` of it: exactly the pause with no spread, and within
+/// the spread otherwise.
+#[tokio::test(start_paused = true)]
+async fn retry_after_waits_are_spread_by_the_configured_fraction() {
+    let pause = Duration::from_secs(10);
+    let mut gaps = Vec::new();
+    for spread in [0.0, 1.0] {
+        let store = Arc::new(MemoryStore::new(Arc::new(|| {
+            tokio::time::Instant::now().into_std()
+        })));
+        let dataset = store.create_dataset(vec![ExampleData::default()]);
+        let id = store.create_experiment(dataset, plan(exp_id(0)));
+        let clock = Arc::new(TokioClock);
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let seen = started.clone();
+        let provider = FnProvider::new(clock.clone(), move |_job| {
+            let mut seen = seen.lock().unwrap();
+            seen.push(tokio::time::Instant::now());
+            let outcome = if seen.len() == 1 {
+                Outcome::RateLimited {
+                    retry_after: Some(pause),
+                    message: "429".into(),
+                }
+            } else {
+                Outcome::Success(Reply::Task { output: "o".into() })
+            };
+            (Duration::ZERO, outcome)
+        });
+        let (ports, mut rx) = memory_ports(store.clone(), Arc::new(provider));
+        let config = Config {
+            retry_after_spread: spread,
+            seed: Some(5),
+            ..Config::default()
+        };
+        let replica = ReplicaId::new("r1");
+        store.start(id, &replica).unwrap();
+        let (engine, _handle) = Engine::new(config, replica, ports);
+        tokio::spawn(engine.run());
+        wait_for(&mut rx, |e| matches!(e, EngineEvent::Departed { .. })).await;
+        let started = started.lock().unwrap();
+        assert_eq!(started.len(), 2);
+        gaps.push(started[1] - started[0]);
+    }
+    assert_eq!(gaps[0], pause);
+    assert!(gaps[1] > pause && gaps[1] <= pause * 2, "{gaps:?}");
 }

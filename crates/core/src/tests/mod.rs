@@ -5,6 +5,9 @@
 // timings; the rule against clock reads is for the core's own code.
 #![allow(clippy::disallowed_methods)]
 
+use crate::ports::Clock;
+
 mod engine;
 mod scheduler_props;
 mod sim;
+mod tokio_clock;

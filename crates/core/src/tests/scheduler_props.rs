@@ -459,3 +459,40 @@ fn a_resumed_session_gets_the_whole_give_up_time_again() {
         second - first
     );
 }
+
+/// `failures_logged` bounds the failures logged one by one: after that many,
+/// one line says more failed, and the rest are only in the results.
+#[test]
+fn failures_are_logged_one_by_one_up_to_the_configured_number() {
+    let behaviour = Behaviour {
+        p_permanent: 1.0,
+        ..Behaviour::reliable(10)
+    };
+    let config = Config {
+        failures_logged: 3,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config, behaviour, 11);
+    let id = sim.add(&ExpSpec {
+        examples: 8,
+        repetitions: 1,
+        evaluators: 0,
+        cap: None,
+        provider: "p0".into(),
+    });
+    sim.run(Duration::from_secs(3600), |_| {});
+    assert_eq!(sim.store.runs(id).len(), 8);
+    let errors: Vec<String> = sim
+        .store
+        .logs(id)
+        .into_iter()
+        .filter(|(level, _)| *level == crate::LogLevel::Error)
+        .map(|(_, message)| message)
+        .collect();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(
+        errors[..3].iter().all(|m| m.contains("failed")),
+        "{errors:?}"
+    );
+    assert!(errors[3].starts_with("more than 3 failures"), "{errors:?}");
+}

@@ -8,7 +8,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,9 +22,6 @@ use super::error::{ApiError, Problem};
 use super::types::ProgressOut;
 use super::validate;
 use crate::state::AppState;
-
-/// How often the database is polled for the status when no event arrives.
-const STATUS_POLL: Duration = Duration::from_secs(1);
 
 /// Follow an experiment live (Server-Sent Events).
 #[utoipa::path(get, path = "/v1/experiments/{id}/events", tag = "results",
@@ -83,7 +79,7 @@ async fn follow(
         return;
     }
     let mut progress_tick = tokio::time::interval(state.config.server.progress_interval);
-    let mut status_tick = tokio::time::interval(STATUS_POLL);
+    let mut status_tick = tokio::time::interval(state.config.server.events_status_poll);
     let mut dirty = false;
     loop {
         tokio::select! {

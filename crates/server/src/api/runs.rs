@@ -15,14 +15,17 @@ use super::types::{LogOut, LogsQuery, RunOut, RunsPageOut, RunsQuery};
 use super::validate;
 use crate::state::AppState;
 
-fn limit(field: &str, text: Option<&str>) -> Result<usize, ApiError> {
+/// The `limit` of a page request: `server.default_page` when absent, at
+/// most `database.max_page` (the store's own clamp, so one limit).
+fn limit(state: &AppState, field: &str, text: Option<&str>) -> Result<usize, ApiError> {
+    let most = state.config.database.max_page;
     match text {
-        None => Ok(100),
+        None => Ok(state.config.server.default_page),
         Some(t) => match t.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            Ok(n) if (1..=most).contains(&n) => Ok(n),
             _ => Err(ApiError::invalid(
                 field,
-                "must be a whole number from 1 to 1000",
+                format!("must be a whole number from 1 to {most}"),
             )),
         },
     }
@@ -38,7 +41,7 @@ pub async fn page(
     Query(query): Query<RunsQuery>,
 ) -> Result<Json<RunsPageOut>, ApiError> {
     let id = validate::experiment_id(&id)?;
-    let limit = limit("limit", query.limit.as_deref())?;
+    let limit = limit(&state, "limit", query.limit.as_deref())?;
     let after = query
         .cursor
         .map(|c| {
@@ -95,7 +98,7 @@ pub async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<Vec<LogOut>>, ApiError> {
     let id = validate::experiment_id(&id)?;
-    let limit = limit("limit", query.limit.as_deref())?;
+    let limit = limit(&state, "limit", query.limit.as_deref())?;
     let before = query
         .before
         .map(|b| {

@@ -93,7 +93,8 @@ pub struct TaskIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub params: Option<Map<String, Value>>,
-    /// Per-call timeout in seconds.
+    /// Per-call timeout in seconds, above 0 and at most
+    /// `scheduler.max_call_timeout` (3600 unless configured).
     #[serde(default)]
     pub timeout_s: Option<f64>,
     /// Stream the output (chunks reach the event stream).
@@ -120,7 +121,8 @@ pub struct EvaluatorIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub params: Option<Map<String, Value>>,
-    /// Per-call timeout in seconds.
+    /// Per-call timeout in seconds, above 0 and at most
+    /// `scheduler.max_call_timeout` (3600 unless configured).
     #[serde(default)]
     pub timeout_s: Option<f64>,
 }
@@ -290,7 +292,8 @@ pub struct RunsPageOut {
 pub struct RunsQuery {
     /// Cursor from the previous page.
     pub cursor: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size, 1 to `database.max_page` (default `server.default_page`:
+    /// 1000 and 100 unless configured).
     pub limit: Option<String>,
 }
 
@@ -300,7 +303,8 @@ pub struct RunsQuery {
 pub struct LogsQuery {
     /// Entries older than this id.
     pub before: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size, 1 to `database.max_page` (default `server.default_page`:
+    /// 1000 and 100 unless configured).
     pub limit: Option<String>,
 }
 

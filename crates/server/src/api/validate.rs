@@ -13,10 +13,8 @@ use super::error::ApiError;
 use super::types::{CreateExperiment, EvaluatorIn, ExampleIn, MessageIn};
 use crate::state::AppState;
 
-/// How many examples templates are checked against (by the API and by
-/// `runnel run`).
-pub const TEMPLATE_SAMPLE: usize = 200;
-/// Longest accepted name.
+/// Longest accepted name. Not a setting: it is part of the API's contract
+/// (API.md), which a client relies on across servers.
 const NAME_MAX: usize = 200;
 
 /// Parses an id from a path or body field.
@@ -100,11 +98,14 @@ fn messages(items: &[MessageIn]) -> Vec<Message> {
         .collect()
 }
 
-fn timeout(field: &str, value: Option<f64>) -> Result<Option<f64>, ApiError> {
+/// A call's `timeout_s`: above 0 and at most `scheduler.max_call_timeout`,
+/// the limit the engine and the providers also cut it to.
+fn timeout(state: &AppState, field: &str, value: Option<f64>) -> Result<Option<f64>, ApiError> {
+    let most = state.config.scheduler.max_call_timeout.as_secs_f64();
     match value {
-        Some(t) if !(t.is_finite() && t > 0.0 && t <= 3600.0) => Err(ApiError::invalid(
+        Some(t) if !(t.is_finite() && t > 0.0 && t <= most) => Err(ApiError::invalid(
             field,
-            "must be a number of seconds above 0 and at most 3600",
+            format!("must be a number of seconds above 0 and at most {most}"),
         )),
         other => Ok(other),
     }
@@ -154,7 +155,7 @@ fn templates(
 pub async fn sample(state: &AppState, dataset: DatasetId) -> Result<Vec<ExampleData>, ApiError> {
     Ok(state
         .db
-        .examples_page(dataset, None, TEMPLATE_SAMPLE)
+        .examples_page(dataset, None, state.config.server.template_sample)
         .await?
         .into_iter()
         .map(|(_, data)| data)
@@ -199,7 +200,7 @@ pub fn evaluator(
             model: e.model,
             messages: msgs,
             params: e.params.unwrap_or_default(),
-            timeout_s: timeout(&format!("{field}.timeout_s"), e.timeout_s)?,
+            timeout_s: timeout(state, &format!("{field}.timeout_s"), e.timeout_s)?,
             stream: false,
         },
         labels,
@@ -282,7 +283,7 @@ pub fn experiment_with_sample(
         model: req.task.model,
         messages: task_messages,
         params: req.task.params.unwrap_or_default(),
-        timeout_s: timeout("task.timeout_s", req.task.timeout_s)?,
+        timeout_s: timeout(state, "task.timeout_s", req.task.timeout_s)?,
         stream: req.task.stream.unwrap_or(false),
     };
     Ok((

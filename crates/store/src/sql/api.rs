@@ -22,14 +22,6 @@ use crate::types::{
     NewExample, NewExperiment, Progress, RunView, RunsPage,
 };
 
-/// Examples per multi-row insert statement (4 binds each, far below both
-/// databases' bind limits).
-const EXAMPLES_PER_STATEMENT: usize = 500;
-/// Imports of at least this many examples refresh the planner's statistics.
-const ANALYZE_AFTER: usize = 10_000;
-/// Largest page of runs or logs returned at once.
-pub(crate) const MAX_PAGE: usize = 1000;
-
 fn usage(prompt: Option<i64>, completion: Option<i64>) -> Option<Usage> {
     Some(Usage {
         prompt_tokens: u64::try_from(prompt?).ok()?,
@@ -73,11 +65,12 @@ where
 
     /// Inserts `examples` into `dataset` inside `tx`, in multi-row statements.
     async fn insert_examples(
+        &self,
         tx: &mut sqlx::Transaction<'static, DB>,
         dataset: DatasetId,
         examples: &[NewExample],
     ) -> Result<(), StoreError> {
-        for chunk in examples.chunks(EXAMPLES_PER_STATEMENT) {
+        for chunk in examples.chunks(self.tuning.examples_per_statement) {
             let sql = DB::sql().insert_examples.sql(chunk.len(), DB::placeholder);
             // Built from placeholders only; every value is bound.
             let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
@@ -101,7 +94,7 @@ where
     /// database plans from them. Best effort: a failure only costs speed.
     async fn after_import(&self, examples: usize) {
         if let Some(sql) = DB::sql().after_import
-            && examples >= ANALYZE_AFTER
+            && examples >= self.tuning.analyze_after
             && let Err(e) = Self::q(sql).execute(&self.pool).await
         {
             tracing::warn!(error = %e, "refreshing statistics after an import failed");
@@ -141,7 +134,7 @@ where
             .execute(&mut *tx)
             .await
             .map_err(Self::err)?;
-        Self::insert_examples(&mut tx, id, examples).await?;
+        self.insert_examples(&mut tx, id, examples).await?;
         tx.commit().await.map_err(Self::err)?;
         self.after_import(examples.len()).await;
         self.dataset(id).await
@@ -157,7 +150,7 @@ where
         Self::validate_examples(examples)?;
         let mut tx = self.begin_write().await?;
         self.dataset_exists(&mut *tx, id).await?;
-        Self::insert_examples(&mut tx, id, examples).await?;
+        self.insert_examples(&mut tx, id, examples).await?;
         tx.commit().await.map_err(Self::err)?;
         self.after_import(examples.len()).await;
         Ok(self.dataset(id).await?.example_count)
@@ -174,7 +167,7 @@ where
         Self::q(DB::sql().examples_page)
             .bind(id.0)
             .bind(after.map_or(i64::MIN, |e| e.0))
-            .bind(i64::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit.clamp(1, self.tuning.max_page)).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(Self::err)?
@@ -430,7 +423,7 @@ where
         limit: usize,
     ) -> Result<RunsPage, StoreError> {
         self.require_experiment(&self.pool, id).await?;
-        let limit = limit.clamp(1, MAX_PAGE);
+        let limit = limit.clamp(1, self.tuning.max_page);
         let rows = Self::q(DB::sql().runs_page)
             .bind(id.0)
             .bind(after.map_or(i64::MIN, |r| r.0))
@@ -471,9 +464,9 @@ where
     pub(crate) fn runs_stream(
         &self,
         id: ExperimentId,
-        page_size: usize,
     ) -> BoxStream<'static, Result<RunView, StoreError>> {
         let core = self.clone();
+        let page_size = self.tuning.export_page;
         // State: the cursor, or `None` once the last page has been read.
         stream::unfold(Some(None::<RunId>), move |cursor| {
             let core = core.clone();
@@ -501,7 +494,7 @@ where
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
         self.require_experiment(&self.pool, id).await?;
-        let limit = limit.clamp(1, MAX_PAGE);
+        let limit = limit.clamp(1, self.tuning.max_page);
         Self::q(DB::sql().logs)
             .bind(id.0)
             .bind(before.unwrap_or(i64::MAX))

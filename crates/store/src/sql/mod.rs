@@ -10,9 +10,6 @@
 
 mod api;
 
-#[cfg(feature = "conformance")]
-pub(crate) use api::MAX_PAGE;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,17 +46,40 @@ impl<DB: sqlx::Database, T> Value<DB> for T where
 {
 }
 
-/// Smallest and largest number of examples (or runs) read per step of a
-/// work-reconstruction scan. Steps grow from the page size to the largest
-/// while the scan finds little missing work.
-const MIN_CHUNK: usize = 256;
-const MAX_CHUNK: usize = 16_384;
-/// Ids bound in one `IN (…)` list (far below both databases' bind limits).
+/// Ids bound in one `IN (…)` list. Not a setting: the lists it splits are
+/// the examples of one page of work (at most `scheduler.high_watermark`
+/// ids), so it only keeps a statement far below the bind limit of both
+/// databases ([`crate::config::MAX_BINDS`]); a smaller value would only add
+/// round trips.
 const IDS_PER_STATEMENT: usize = 1000;
+const _: () = assert!(IDS_PER_STATEMENT <= crate::config::MAX_BINDS);
 
-/// How many times a lifecycle transition is re-tried when the follow-up read
-/// finds that the row changed between the statement and the read.
-const TRANSITION_TRIES: usize = 5;
+/// The statement sizes and limits of [`crate::StoreConfig`] the SQL code
+/// uses (documented and validated there).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    pub(crate) scan_chunk_min: usize,
+    pub(crate) scan_chunk_max: usize,
+    pub(crate) transition_tries: usize,
+    pub(crate) examples_per_statement: usize,
+    pub(crate) analyze_after: usize,
+    pub(crate) max_page: usize,
+    pub(crate) export_page: usize,
+}
+
+impl Tuning {
+    pub(crate) fn of(config: &crate::StoreConfig) -> Self {
+        Self {
+            scan_chunk_min: config.scan_chunk_min,
+            scan_chunk_max: config.scan_chunk_max,
+            transition_tries: config.transition_tries,
+            examples_per_statement: config.examples_per_statement,
+            analyze_after: config.analyze_after,
+            max_page: config.max_page,
+            export_page: config.export_page,
+        }
+    }
+}
 
 /// A write handed to the batch writers.
 #[derive(Clone, Debug)]
@@ -115,6 +135,7 @@ struct StoredEvaluator {
 pub(crate) struct SqlCore<DB: sqlx::Database> {
     pool: Pool<DB>,
     fenced: Arc<AtomicU64>,
+    tuning: Tuning,
 }
 
 impl<DB: sqlx::Database> Clone for SqlCore<DB> {
@@ -122,6 +143,7 @@ impl<DB: sqlx::Database> Clone for SqlCore<DB> {
         Self {
             pool: self.pool.clone(),
             fenced: self.fenced.clone(),
+            tuning: self.tuning,
         }
     }
 }
@@ -206,10 +228,11 @@ where
     Option<String>: Type<DB> + for<'q> Encode<'q, DB>,
     Option<Uuid>: Type<DB> + for<'q> Encode<'q, DB>,
 {
-    pub(crate) fn new(pool: Pool<DB>) -> Self {
+    pub(crate) fn new(pool: Pool<DB>, tuning: Tuning) -> Self {
         Self {
             pool,
             fenced: Arc::new(AtomicU64::new(0)),
+            tuning,
         }
     }
 
@@ -390,7 +413,8 @@ where
         done: impl Fn(&DB::Row) -> Result<T, StoreError>,
         already: impl Fn(&Diagnosis) -> bool,
     ) -> Result<Transition<T>, StoreError> {
-        for _ in 0..TRANSITION_TRIES {
+        let tries = self.tuning.transition_tries;
+        for _ in 0..tries {
             let row = statement()
                 .fetch_optional(&self.pool)
                 .await
@@ -409,7 +433,7 @@ where
             }
         }
         Err(StoreError::Unavailable(format!(
-            "experiment {id} kept changing during {TRANSITION_TRIES} attempts to change it"
+            "experiment {id} kept changing during {tries} attempts to change it"
         )))
     }
 
@@ -603,7 +627,8 @@ where
         }
         // Inclusive: the cursor's own parent may have children left.
         let mut from = after.map_or(i64::MIN, |a| a.0);
-        let mut chunk = limit.div_ceil(children.len()).clamp(MIN_CHUNK, MAX_CHUNK);
+        let (min_chunk, max_chunk) = (self.tuning.scan_chunk_min, self.tuning.scan_chunk_max);
+        let mut chunk = limit.div_ceil(children.len()).clamp(min_chunk, max_chunk);
         loop {
             let batch: Vec<(i64, i64)> = Self::q(parents)
                 .bind(owner)
@@ -646,7 +671,7 @@ where
                 _ => return Ok(picked),
             }
             // Mostly finished work is crossed in growing strides.
-            chunk = (chunk * 2).min(MAX_CHUNK);
+            chunk = chunk.saturating_mul(2).min(max_chunk);
         }
     }
 
