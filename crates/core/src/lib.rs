@@ -29,6 +29,7 @@ pub mod error;
 mod experiment;
 mod fasthash;
 pub mod ids;
+mod limited;
 pub mod memory;
 pub mod outcome;
 pub mod ports;
@@ -46,7 +47,7 @@ pub use ids::{
 pub use outcome::{CallReport, Observation, Outcome, OutcomeClass, RateLimitHeaders, Reply, Usage};
 pub use ports::{
     Acquire, Advisor, AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink,
-    Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Write,
+    Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Waiting, Write,
 };
 pub use scheduler::{Action, PlanKeys, Scheduler, WriteResult};
 pub use spec::{

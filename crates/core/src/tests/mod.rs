@@ -6,5 +6,6 @@
 #![allow(clippy::disallowed_methods)]
 
 mod engine;
+mod quota_props;
 mod scheduler_props;
 mod sim;
