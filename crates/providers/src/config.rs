@@ -249,6 +249,11 @@ pub struct Settings {
     /// Longest error message an outcome carries, in characters; longer
     /// provider messages are cut with `…`. Default 500.
     pub max_error_chars: usize,
+    /// A 429 whose `retry-after` is longer than this ends as
+    /// `QuotaExhausted`, not `RateLimited`. Default 10 min (the server
+    /// passes `advisor.long_wait`, which documents the choice).
+    #[serde(with = "duration")]
+    pub long_wait: Duration,
 }
 
 impl Default for Settings {
@@ -257,6 +262,7 @@ impl Default for Settings {
             task_timeout: Duration::from_secs(120),
             eval_timeout: Duration::from_secs(60),
             max_error_chars: 500,
+            long_wait: Duration::from_secs(600),
         }
     }
 }

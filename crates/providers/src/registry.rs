@@ -456,6 +456,12 @@ impl Providers {
                 message: "must be greater than zero".into(),
             });
         }
+        if settings.long_wait.is_zero() {
+            return Err(Error::InvalidSetting {
+                key: "long_wait",
+                message: "must be greater than zero".into(),
+            });
+        }
         if settings.max_error_chars < 20 {
             return Err(Error::InvalidSetting {
                 key: "max_error_chars",
@@ -573,7 +579,12 @@ impl Providers {
         let timeout = spec.timeout(default_timeout);
         let (result, rate_limits) = entry.call(spec, &messages, timeout, chunks.as_ref()).await;
         let (outcome, usage) = match result {
-            Err(fault) => (fault.into_outcome(cleaner), None),
+            Err(fault) => (
+                fault
+                    .long_wait(self.settings.long_wait)
+                    .into_outcome(cleaner),
+                None,
+            ),
             Ok(completion) => {
                 let outcome = match &job.kind {
                     JobKind::Task { .. } => Outcome::Success(Reply::Task {
