@@ -86,6 +86,11 @@ pub struct Tally {
     pub calls: u64,
     /// Calls answered "rate limited" (429, 529) and retried later.
     pub rate_limited: u64,
+    /// Calls answered "quota used up" (402, `insufficient_quota`, a daily
+    /// quota, a very long `retry-after`) and waited for.
+    pub quota_exhausted: u64,
+    /// The key whose used-up quota the experiment waits on, while it does.
+    pub waiting: Option<runnel_core::Waiting>,
     /// Calls that failed transiently (5xx, resets, timeouts).
     pub transient: u64,
     /// Calls that failed permanently.
@@ -124,11 +129,13 @@ impl Tally {
                 match class {
                     OutcomeClass::Success => {}
                     OutcomeClass::RateLimited => self.rate_limited += 1,
+                    OutcomeClass::QuotaExhausted => self.quota_exhausted += 1,
                     OutcomeClass::Transient => self.transient += 1,
                     OutcomeClass::Permanent => self.permanent += 1,
                 }
                 self.recent.push_back(now);
             }
+            EngineEvent::Waiting { waiting, .. } => self.waiting.clone_from(waiting),
             EngineEvent::Departed { why, .. } => return Some(why.clone()),
             _ => {}
         }
@@ -287,6 +294,13 @@ fn progress_text(
         let _ = write!(text, " · advisor allows {rates}");
     }
     let _ = write!(text, " · 429s absorbed {}", tally.rate_limited);
+    if let Some(w) = &tally.waiting {
+        let _ = write!(text, " · waiting on the quota of {}", w.key.as_str());
+        if let Some(until) = w.until {
+            let left = until.saturating_duration_since(now).as_secs();
+            let _ = write!(text, " (back in {}m {}s)", left / 60, left % 60);
+        }
+    }
     if tally.transient > 0 {
         let _ = write!(text, " · retried errors {}", tally.transient);
     }
