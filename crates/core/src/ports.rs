@@ -284,7 +284,8 @@ pub enum Departure {
     Stopped,
     /// Every run and annotation exists; written COMPLETED.
     Completed,
-    /// Gave up (breaker open too long, plan unusable); written ERROR.
+    /// Gave up (breaker open too long, a key answering only 429s or out of
+    /// quota too long, plan unusable); written ERROR.
     Errored(String),
     /// Another replica took it over, or it was stopped/deleted elsewhere.
     Lost,
