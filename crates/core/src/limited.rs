@@ -193,15 +193,19 @@ mod tests {
         }
     }
 
+    fn rate_limited(message: &str) -> Outcome {
+        Outcome::RateLimited {
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+
     #[test]
     fn a_streak_starts_at_the_first_429_and_ends_at_a_success() {
         let t0 = Instant::now();
         let key = RateKey::new("openai", "gpt-4o");
         let mut notes = KeyNotes::default();
-        let limited = Outcome::RateLimited {
-            retry_after: None,
-            message: "slow down".into(),
-        };
+        let limited = rate_limited("slow down");
         notes.observe(&key, &limited, t0);
         notes.observe(&key, &quota(None), t0 + Duration::from_secs(5));
         let l = notes.limited(&key).unwrap().clone();
@@ -273,10 +277,7 @@ mod tests {
         let text = notes.limited(&key).unwrap().give_up_message(&key, t0, t0);
         assert!(text.contains("did not say when"), "{text}");
         let mut notes = KeyNotes::default();
-        let limited = Outcome::RateLimited {
-            retry_after: None,
-            message: "HTTP 429 Too Many Requests".into(),
-        };
+        let limited = rate_limited("HTTP 429 Too Many Requests");
         notes.observe(&key, &limited, t0);
         let text = notes.limited(&key).unwrap().give_up_message(&key, t0, t0);
         assert!(

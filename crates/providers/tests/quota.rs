@@ -118,12 +118,9 @@ async fn gemini_per_day_waits_until_midnight_pacific_and_per_minute_is_a_rate_li
         )),
     )
     .await;
-    assert_eq!(
-        outcome,
-        Outcome::RateLimited {
-            retry_after: Some(Duration::from_secs(33)),
-            message: outcome.message().unwrap().to_owned(),
-        }
+    assert!(
+        matches!(outcome, Outcome::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(33)),
+        "{outcome:?}"
     );
 }
 
