@@ -203,3 +203,62 @@ fn resume_after_the_quota_error_continues() {
     assert_eq!(sim.store.runs(id).len(), 10);
     assert!(sim.store.runs(id).iter().all(|r| r.record.output.is_some()));
 }
+
+/// A key that answers nothing but plain 429s (no quota named) also ends in
+/// ERROR after the give-up, with a `last_error` that says so; the same
+/// key answering 429s between successes never gives up.
+#[test]
+fn only_rate_limits_for_the_give_up_is_an_error_and_successes_reset_it() {
+    let config = Config {
+        max_concurrency: 2,
+        rate_limit_give_up: Duration::from_secs(600),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let mut behaviour = Behaviour::reliable(100);
+    behaviour.p_rate_limited = 1.0;
+    let mut sim = Sim::new(config.clone(), behaviour.clone(), 3);
+    let id = sim.add(&ExpSpec {
+        examples: 5,
+        repetitions: 1,
+        evaluators: 0,
+        cap: None,
+        provider: "busy".into(),
+    });
+    sim.run(Duration::from_secs(1_000_000), |_| {});
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    let finished = sim.finished.get(&id).cloned().unwrap_or_default();
+    let [Finish::Error(message)] = finished.as_slice() else {
+        panic!("ended {finished:?}");
+    };
+    assert!(
+        message.starts_with("rate limited without end: provider `busy`"),
+        "{message}"
+    );
+    let ended = sim.finished_at[&id];
+    let start = first_answer(&sim, id, 100);
+    assert!(ended >= start + Duration::from_secs(600), "{ended:?}");
+    assert!(ended <= start + Duration::from_secs(600) + Duration::from_millis(100));
+    // Nothing was written as failed, and the wait was not a quota wait.
+    assert!(sim.store.runs(id).is_empty());
+    assert!(sim.waiting.is_empty());
+
+    // Nine 429s in ten, for as long as it takes: successes keep resetting
+    // the streak, so it completes.
+    behaviour.p_rate_limited = 0.9;
+    let mut sim = Sim::new(config, behaviour, 3);
+    let id = sim.add(&ExpSpec {
+        examples: 20,
+        repetitions: 1,
+        evaluators: 0,
+        cap: None,
+        provider: "busy".into(),
+    });
+    sim.run(Duration::from_secs(1_000_000), |_| {});
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert_eq!(
+        sim.finished.get(&id).cloned(),
+        Some(vec![Finish::Completed])
+    );
+}
