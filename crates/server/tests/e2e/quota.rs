@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -22,18 +22,28 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::common::*;
+use crate::lifecycle::after_cooldown;
+
+/// The stub's state: calls so far, and whether the quota is used up.
+struct Stub {
+    url: String,
+    calls: Arc<AtomicU64>,
+    spent: Arc<AtomicBool>,
+}
 
 /// The stub: the first call succeeds, every later one is told the quota is
-/// used up. Returns its base URL and its call counter.
-async fn quota_stub() -> (String, Arc<AtomicU64>) {
+/// used up (with `retry_after` seconds, if given) while `spent` is set.
+async fn quota_stub(retry_after: Option<&'static str>) -> Stub {
     let calls = Arc::new(AtomicU64::new(0));
-    let counter = calls.clone();
+    let spent = Arc::new(AtomicBool::new(true));
+    let (counter, flag) = (calls.clone(), spent.clone());
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         post(move || {
             let n = counter.fetch_add(1, Ordering::SeqCst);
+            let spent = flag.load(Ordering::SeqCst);
             async move {
-                if n == 0 {
+                if n == 0 || !spent {
                     return Json(json!({
                         "id": "chatcmpl-1", "object": "chat.completion",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
@@ -41,14 +51,19 @@ async fn quota_stub() -> (String, Arc<AtomicU64>) {
                     }))
                     .into_response();
                 }
-                (
+                let mut response = (
                     StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", "3600")],
                     Json(json!({"error": {
                         "message": "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
                         "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}})),
                 )
-                    .into_response()
+                    .into_response();
+                if let Some(secs) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from_static(secs));
+                }
+                response
             }
         }),
     );
@@ -59,7 +74,11 @@ async fn quota_stub() -> (String, Arc<AtomicU64>) {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (format!("http://{addr}"), calls)
+    Stub {
+        url: format!("http://{addr}"),
+        calls,
+        spent,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,10 +92,11 @@ async fn a_used_up_quota_is_shown_then_errors_naming_it_on_postgres() {
 }
 
 async fn a_used_up_quota_is_shown_then_errors_naming_it(kind: DbKind) {
-    let (stub, calls) = quota_stub().await;
+    let stub = quota_stub(Some("3600")).await;
+    let calls = stub.calls.clone();
     let db = TestDb::new(kind).await;
     let dir = TempDir::new("quota");
-    let mut config = ConfigToml::new(&stub);
+    let mut config = ConfigToml::new(&stub.url);
     config.set("scheduler", "rate_limit_give_up", "\"4s\"");
     let mut server = Server::start(dir.path(), "a", &ServerSpec::new(&config, &db)).await;
     let api = server.api();
@@ -149,4 +169,62 @@ async fn a_used_up_quota_is_shown_then_errors_naming_it(kind: DbKind) {
     // Zero provider calls for it after the ERROR, up to the server's exit.
     server.terminate(30).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_continues_once_the_quota_is_back_on_sqlite() {
+    resume_continues_once_the_quota_is_back(DbKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_continues_once_the_quota_is_back_on_postgres() {
+    resume_continues_once_the_quota_is_back(DbKind::Postgres).await;
+}
+
+/// The provider does not say when the quota comes back: the key is probed
+/// every `advisor.quota_probe_interval`, the experiment errors after the
+/// give-up, and once the user has topped up, a resume completes it.
+async fn resume_continues_once_the_quota_is_back(kind: DbKind) {
+    let stub = quota_stub(None).await;
+    let db = TestDb::new(kind).await;
+    let dir = TempDir::new("quota-resume");
+    let mut config = ConfigToml::new(&stub.url);
+    config.set("scheduler", "rate_limit_give_up", "\"3s\"");
+    config.set("scheduler", "cooldown", "\"1s\"");
+    config.set("advisor", "quota_probe_interval", "\"1s\"");
+    let server = Server::start(dir.path(), "a", &ServerSpec::new(&config, &db)).await;
+    let api = server.api();
+    let n = 6;
+    let dataset = api.create_dataset("quota", &arithmetic_examples(n)).await;
+    let id = api
+        .create_experiment(&json!({
+            "dataset_id": dataset, "name": "quota", "max_concurrency": 1,
+            "task": arithmetic_task(false)
+        }))
+        .await;
+    let mut sse = api.events(&id).await;
+    let (waiting, _) = within(30, "a waiting event", sse.until("waiting")).await;
+    assert_eq!(waiting.data["reason"], "quota", "{waiting:?}");
+    assert_eq!(waiting.data["until"], Value::Null, "{waiting:?}");
+    let rest = within(60, "the event stream to end", sse.collect_all()).await;
+    assert_eq!(final_status(&rest), "ERROR", "{rest:?}");
+    let view = api.experiment(&id).await;
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains("did not say when it comes back"), "{error}");
+    // One success, the quota answer, and a probe about every second: a
+    // handful, not a storm.
+    let calls = stub.calls.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&calls), "{calls} calls");
+
+    // Credit added: the resumed experiment's first call is the probe, which
+    // succeeds, and the rest follows.
+    stub.spent.store(false, Ordering::SeqCst);
+    let (r, _) = after_cooldown(&api, &format!("/v1/experiments/{id}/resume")).await;
+    assert_eq!(r.expect(200).json(), json!({"status": "RUNNING"}));
+    let events = api.follow(&id, 60).await;
+    assert_eq!(final_status(&events), "COMPLETED", "{events:?}");
+    let view = api.experiment(&id).await;
+    assert_eq!(view["progress"]["runs_succeeded"], n, "{view}");
+    assert_eq!(view["progress"]["runs_failed"], 0, "{view}");
+    assert_eq!(view["last_error"], Value::Null, "{view}");
 }
