@@ -13,6 +13,14 @@ use super::sim::{Behaviour, ExpSpec, Sim};
 use crate::ports::{Finish, LogLevel};
 use crate::{Config, ExperimentId, OutcomeClass};
 
+fn cases() -> u32 {
+    if std::env::var_os("RUNNEL_TEST_FULL").is_some() {
+        1024
+    } else {
+        128
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Case {
     seed: u64,
@@ -53,6 +61,18 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// A case whose probes (or stated waits) are at most a third of the
+/// give-up, so the quota can come back in time.
+fn back_in_time_case() -> impl Strategy<Value = Case> {
+    case().prop_map(|mut c| {
+        c.give_up_s = c.give_up_s.max(60);
+        let third = c.give_up_s / 3;
+        c.probe_s = 1 + c.probe_s % third;
+        c.retry_after_s = c.retry_after_s.map(|r| 1 + r % third);
+        c
+    })
+}
+
 fn sim(c: &Case) -> Sim {
     let config = Config {
         max_concurrency: c.slots,
@@ -87,7 +107,7 @@ fn first_answer(sim: &Sim, id: ExperimentId, latency_ms: u64) -> Duration {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// A key that only answers quota errors: ERROR within give-up + one
     /// probe interval of its first answer, never before; the last error
@@ -148,7 +168,7 @@ proptest! {
     /// A quota that is back before the give-up: the experiment completes,
     /// the wait is shown and then cleared, nothing failed.
     #[test]
-    fn a_quota_back_in_time_completes(c in case(), back in 0.0f64..0.8) {
+    fn a_quota_back_in_time_completes(c in back_in_time_case(), back in 0.0f64..0.8) {
         let mut sim = sim(&c);
         // The probes (one per stated retry-after, else per probe interval)
         // must find the quota back before the give-up.
