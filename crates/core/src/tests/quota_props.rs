@@ -239,13 +239,14 @@ fn only_rate_limits_for_the_give_up_is_an_error_and_successes_reset_it() {
     let mut behaviour = Behaviour::reliable(100);
     behaviour.p_rate_limited = 1.0;
     let mut sim = Sim::new(config.clone(), behaviour.clone(), 3);
-    let id = sim.add(&ExpSpec {
-        examples: 5,
+    let busy = |examples| ExpSpec {
+        examples,
         repetitions: 1,
         evaluators: 0,
         cap: None,
         provider: "busy".into(),
-    });
+    };
+    let id = sim.add(&busy(5));
     sim.run(Duration::from_secs(1_000_000), |_| {});
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
     let finished = sim.finished.get(&id).cloned().unwrap_or_default();
@@ -268,13 +269,7 @@ fn only_rate_limits_for_the_give_up_is_an_error_and_successes_reset_it() {
     // the streak, so it completes.
     behaviour.p_rate_limited = 0.9;
     let mut sim = Sim::new(config, behaviour, 3);
-    let id = sim.add(&ExpSpec {
-        examples: 20,
-        repetitions: 1,
-        evaluators: 0,
-        cap: None,
-        provider: "busy".into(),
-    });
+    let id = sim.add(&busy(20));
     sim.run(Duration::from_secs(1_000_000), |_| {});
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
     assert_eq!(

@@ -81,6 +81,47 @@ async fn quota_stub(retry_after: Option<&'static str>) -> Stub {
     }
 }
 
+/// Examples of the dataset each test runs.
+const EXAMPLES: usize = 6;
+
+/// A server on `kind` with `settings` (section, key, TOML value) against
+/// `stub`, running one experiment of [`EXAMPLES`] examples, one call at a
+/// time.
+struct Run {
+    server: Server,
+    id: String,
+    _db: TestDb,
+    _dir: TempDir,
+}
+
+impl Run {
+    async fn start(kind: DbKind, stub: &Stub, settings: &[(&str, &str, &str)]) -> Self {
+        let db = TestDb::new(kind).await;
+        let dir = TempDir::new("quota");
+        let mut config = ConfigToml::new(&stub.url);
+        for (section, key, value) in settings {
+            config.set(section, key, value);
+        }
+        let server = Server::start(dir.path(), "a", &ServerSpec::new(&config, &db)).await;
+        let api = server.api();
+        let dataset = api
+            .create_dataset("quota", &arithmetic_examples(EXAMPLES))
+            .await;
+        let id = api
+            .create_experiment(&json!({
+                "dataset_id": dataset, "name": "quota", "max_concurrency": 1,
+                "task": arithmetic_task(false)
+            }))
+            .await;
+        Self {
+            server,
+            id,
+            _db: db,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_quota_is_shown_then_errors_naming_it_on_sqlite() {
     a_used_up_quota_is_shown_then_errors_naming_it(DbKind::Sqlite).await;
@@ -94,19 +135,13 @@ async fn a_used_up_quota_is_shown_then_errors_naming_it_on_postgres() {
 async fn a_used_up_quota_is_shown_then_errors_naming_it(kind: DbKind) {
     let stub = quota_stub(Some("3600")).await;
     let calls = stub.calls.clone();
-    let db = TestDb::new(kind).await;
-    let dir = TempDir::new("quota");
-    let mut config = ConfigToml::new(&stub.url);
-    config.set("scheduler", "rate_limit_give_up", "\"4s\"");
-    let mut server = Server::start(dir.path(), "a", &ServerSpec::new(&config, &db)).await;
-    let api = server.api();
-    let dataset = api.create_dataset("quota", &arithmetic_examples(6)).await;
-    let id = api
-        .create_experiment(&json!({
-            "dataset_id": dataset, "name": "quota", "max_concurrency": 1,
-            "task": arithmetic_task(false)
-        }))
-        .await;
+    let mut run = Run::start(
+        kind,
+        &stub,
+        &[("scheduler", "rate_limit_give_up", "\"4s\"")],
+    )
+    .await;
+    let (api, id) = (run.server.api(), run.id.clone());
 
     // The wait is shown: an event (at once if the stream opens mid-wait)...
     let mut sse = api.events(&id).await;
@@ -167,7 +202,7 @@ async fn a_used_up_quota_is_shown_then_errors_naming_it(kind: DbKind) {
     );
 
     // Zero provider calls for it after the ERROR, up to the server's exit.
-    server.terminate(30).await;
+    run.server.terminate(30).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -186,22 +221,13 @@ async fn resume_continues_once_the_quota_is_back_on_postgres() {
 /// give-up, and once the user has topped up, a resume completes it.
 async fn resume_continues_once_the_quota_is_back(kind: DbKind) {
     let stub = quota_stub(None).await;
-    let db = TestDb::new(kind).await;
-    let dir = TempDir::new("quota-resume");
-    let mut config = ConfigToml::new(&stub.url);
-    config.set("scheduler", "rate_limit_give_up", "\"3s\"");
-    config.set("scheduler", "cooldown", "\"1s\"");
-    config.set("advisor", "quota_probe_interval", "\"1s\"");
-    let server = Server::start(dir.path(), "a", &ServerSpec::new(&config, &db)).await;
-    let api = server.api();
-    let n = 6;
-    let dataset = api.create_dataset("quota", &arithmetic_examples(n)).await;
-    let id = api
-        .create_experiment(&json!({
-            "dataset_id": dataset, "name": "quota", "max_concurrency": 1,
-            "task": arithmetic_task(false)
-        }))
-        .await;
+    let settings = [
+        ("scheduler", "rate_limit_give_up", "\"3s\""),
+        ("scheduler", "cooldown", "\"1s\""),
+        ("advisor", "quota_probe_interval", "\"1s\""),
+    ];
+    let run = Run::start(kind, &stub, &settings).await;
+    let (api, id, n) = (run.server.api(), run.id.clone(), EXAMPLES);
     let mut sse = api.events(&id).await;
     let (waiting, _) = within(30, "a waiting event", sse.until("waiting")).await;
     assert_eq!(waiting.data["reason"], "quota", "{waiting:?}");
