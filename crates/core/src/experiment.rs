@@ -540,7 +540,10 @@ impl ExperimentState {
         notes: &KeyNotes,
         actions: &mut VecDeque<Action>,
     ) {
-        if self.waiting.as_ref() == Some(key) {
+        // One wait is shown at a time (an experiment whose task and judge
+        // keys are both spent shows the first until it is back), so the log
+        // gets one entry per wait, not one per visit.
+        if self.waiting.is_some() {
             return;
         }
         self.waiting = Some(key.clone());
