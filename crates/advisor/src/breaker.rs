@@ -14,8 +14,8 @@
 //!                                                             │ another probe
 //! ```
 //!
-//! - Only transient failures count; rate-limited and permanent outcomes never
-//!   open the breaker, and a success resets the count.
+//! - Only transient failures count; rate-limited, quota-exhausted and
+//!   permanent outcomes never open the breaker, and a success resets the count.
 //! - While open, outcomes of calls dispatched before it opened change nothing:
 //!   the cooldown runs its course.
 //! - In half-open, a success closes, a transient failure re-opens. A
@@ -372,7 +372,11 @@ mod tests {
         assert_eq!(b.record(T, t0), None);
         assert_eq!(b.record(S, t0), None, "a success resets the count");
         assert_eq!(b.failures(), 0);
-        for class in [OutcomeClass::RateLimited, OutcomeClass::Permanent] {
+        for class in [
+            OutcomeClass::RateLimited,
+            OutcomeClass::QuotaExhausted,
+            OutcomeClass::Permanent,
+        ] {
             for _ in 0..10 {
                 assert_eq!(b.record(class, t0), None);
             }

@@ -31,6 +31,23 @@ pub struct AdvisorConfig {
     /// longest call timeout, so a slow probe is not doubled. Default `"150s"`.
     #[serde(with = "duration")]
     pub probe_timeout: Duration,
+    /// A 429 whose `retry-after` is longer than this is quota exhaustion,
+    /// not a rate limit (the provider adapters classify it so). Default
+    /// `"10m"`: the waits of real rate limits are seconds to about a minute
+    /// (per-second and per-minute windows, Gemini's `retryDelay`, Anthropic's
+    /// resets), while a wait of many minutes or hours is a daily or hourly
+    /// allowance that is used up — which the user should see, and which is
+    /// shorter than `scheduler.rate_limit_give_up` (30 min) so the wait is
+    /// shown well before the experiment gives up.
+    #[serde(with = "duration")]
+    pub long_wait: Duration,
+    /// How long a key whose quota is used up waits before one probe call
+    /// checks whether it is back, when the provider did not say when (OpenAI
+    /// `insufficient_quota`, a spend cap, 402). Default `"5m"`: credit added
+    /// by the user is found within five minutes, at the cost of one refused
+    /// call per key per five minutes.
+    #[serde(with = "duration")]
+    pub quota_probe_interval: Duration,
     /// Burst capacity of a bucket, in seconds of its rate (at least one
     /// request). Small, so a long idle period never releases a wall of
     /// requests. Default 1.0.
@@ -81,6 +98,8 @@ impl Default for AdvisorConfig {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(150),
+            long_wait: Duration::from_secs(600),
+            quota_probe_interval: Duration::from_secs(300),
             burst_seconds: 1.0,
             decrease_factor: 0.5,
             decrease_window: Duration::from_secs(1),
@@ -234,6 +253,15 @@ impl AdvisorConfig {
         }
         if self.probe_timeout.is_zero() {
             return bad("probe_timeout", "must be greater than zero");
+        }
+        if self.long_wait < Duration::from_secs(1) {
+            return bad(
+                "long_wait",
+                "must be at least 1s (a shorter wait is an ordinary rate limit)",
+            );
+        }
+        if self.quota_probe_interval < Duration::from_secs(1) {
+            return bad("quota_probe_interval", "must be at least 1s");
         }
         if !(self.burst_seconds.is_finite()
             && self.burst_seconds > 0.0
@@ -434,6 +462,16 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(key_of(&c), "burst_seconds");
+        let c = AdvisorConfig {
+            long_wait: Duration::from_millis(10),
+            ..base.clone()
+        };
+        assert_eq!(key_of(&c), "long_wait");
+        let c = AdvisorConfig {
+            quota_probe_interval: Duration::ZERO,
+            ..base.clone()
+        };
+        assert_eq!(key_of(&c), "quota_probe_interval");
         let mut c = base.clone();
         c.providers.insert(
             "oa".into(),

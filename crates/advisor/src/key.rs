@@ -13,6 +13,7 @@ use crate::bucket::{TokenBucket, burst_for, interval_ns, later};
 use crate::config::{AdvisorConfig, ResolvedLimits};
 use crate::error::AdvisorError;
 use crate::learn::{Learned, Learning, RateController, Source};
+use crate::quota::QuotaWait;
 
 /// Providers publish limits per minute; explicit limits hold in every window
 /// of this length.
@@ -77,10 +78,14 @@ pub struct Counters {
     pub waits_paused: u64,
     /// Waits because the breaker was open (or its probe out).
     pub waits_breaker: u64,
+    /// Waits because the key's quota was used up.
+    pub waits_quota: u64,
     /// Successful calls recorded.
     pub successes: u64,
     /// Rate-limited calls (429s) recorded.
     pub rate_limited: u64,
+    /// Calls that reported the quota used up.
+    pub quota_exhausted: u64,
     /// Transient failures recorded.
     pub transient: u64,
     /// Permanent failures recorded.
@@ -92,7 +97,7 @@ pub struct Counters {
 impl Counters {
     /// Outcomes recorded, of any class.
     pub fn outcomes(&self) -> u64 {
-        self.successes + self.rate_limited + self.transient + self.permanent
+        self.successes + self.rate_limited + self.quota_exhausted + self.transient + self.permanent
     }
 }
 
@@ -110,6 +115,10 @@ pub struct KeyState {
     token_cap: u64,
     breaker: Breaker,
     paused_until: Option<Instant>,
+    /// While the key's quota is used up.
+    quota: Option<QuotaWait>,
+    quota_probe: Duration,
+    probe_timeout: Duration,
     counters: Counters,
     /// Permits granted before the last decrease. Outcomes are numbered in the
     /// order they are recorded; a 429 numbered above this mark (once a call
@@ -151,6 +160,9 @@ impl KeyState {
                 config.probe_timeout,
             ),
             paused_until: None,
+            quota: None,
+            quota_probe: config.quota_probe_interval,
+            probe_timeout: config.probe_timeout,
             counters: Counters::default(),
             decrease_mark: None,
         };
@@ -162,6 +174,10 @@ impl KeyState {
 
     /// Asks for a permit for one call costing `tokens` (if known).
     pub fn try_acquire(&mut self, tokens: Option<u64>, now: Instant) -> Acquire {
+        if let Some(Err((until, reason))) = self.quota.map(|q| q.check(now)) {
+            self.counters.waits_quota += 1;
+            return Acquire::Wait { until, reason };
+        }
         let mut until = now;
         let mut open_since = None;
         let mut blocked = false;
@@ -228,6 +244,9 @@ impl KeyState {
             b.take(charge, now);
         }
         self.breaker.on_permit(now);
+        if let Some(q) = &mut self.quota {
+            q.on_permit(now, self.probe_timeout);
+        }
         self.counters.permits += 1;
         Acquire::Permit
     }
@@ -238,10 +257,20 @@ impl KeyState {
         match obs.class {
             OutcomeClass::Success => self.counters.successes += 1,
             OutcomeClass::RateLimited => self.counters.rate_limited += 1,
+            OutcomeClass::QuotaExhausted => self.counters.quota_exhausted += 1,
             OutcomeClass::Transient => self.counters.transient += 1,
             OutcomeClass::Permanent => self.counters.permanent += 1,
         }
         effect.breaker = self.breaker.record(obs.class, now);
+        // Quota exhaustion is not a rate limit: the rate is not cut, the key
+        // waits on its quota (see `crate::quota`).
+        if obs.class == OutcomeClass::QuotaExhausted {
+            self.quota = Some(QuotaWait::begin(now, obs.retry_after, self.quota_probe));
+        } else if let Some(q) = &mut self.quota
+            && q.on_outcome(obs.class, now)
+        {
+            self.quota = None;
+        }
         if let Some(h) = &obs.headers {
             self.apply_headers(h, now);
         }
@@ -272,7 +301,7 @@ impl KeyState {
                     self.sync_request_rate(now, false);
                 }
             }
-            OutcomeClass::Transient | OutcomeClass::Permanent => {}
+            OutcomeClass::QuotaExhausted | OutcomeClass::Transient | OutcomeClass::Permanent => {}
         }
         if let (Some(b), Some(used)) = (&mut self.tokens, obs.tokens_used) {
             // Tokens used beyond the reservation are charged as debt; unused
@@ -377,6 +406,7 @@ impl KeyState {
             trips: self.breaker.trips(),
             open_since: self.breaker.open_since(),
             paused_until: self.paused_until.filter(|&p| p > now),
+            quota_wait_until: self.quota.map(|q| q.next_probe()).filter(|&q| q > now),
         }
     }
 
@@ -444,6 +474,8 @@ pub struct KeyMetrics {
     pub open_since: Option<Instant>,
     /// When a pause the provider asked for ends, while one is running.
     pub paused_until: Option<Instant>,
+    /// While the key waits on a used-up quota: when the next probe may go.
+    pub quota_wait_until: Option<Instant>,
 }
 
 /// Where a key's last good rate came from (persisted form of the learning

@@ -19,6 +19,10 @@
 //! - a [`Breaker`] per key: closed → open after `threshold` consecutive
 //!   transient failures, one probe after the cooldown, and `open_since` so the
 //!   engine can give up on an experiment;
+//! - quota exhaustion is not a rate limit: a key whose quota, credit or spend
+//!   cap is used up keeps its learned rate and its breaker, and waits
+//!   ([`WaitReason::Quota`](runnel_core::WaitReason::Quota)) until the time the
+//!   provider stated or `quota_probe_interval`, then one probe call checks;
 //! - [`AdvisorSnapshot`] to persist what was learned, and [`KeyMetrics`] for
 //!   the server to export.
 //!
@@ -64,6 +68,7 @@ pub mod config;
 mod error;
 mod key;
 pub mod learn;
+mod quota;
 
 pub use advisor::{Advisor, AdvisorSnapshot};
 pub use breaker::{Breaker, BreakerSnapshot, BreakerState, Gate, Transition};

@@ -24,6 +24,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         3 => Just(OutcomeClass::Transient),
         2 => Just(OutcomeClass::Success),
         1 => Just(OutcomeClass::RateLimited),
+        1 => Just(OutcomeClass::QuotaExhausted),
         1 => Just(OutcomeClass::Permanent),
     ];
     prop::collection::vec(
@@ -117,14 +118,16 @@ proptest! {
                                 match class {
                                     OutcomeClass::Success => streak = 0,
                                     OutcomeClass::Transient => streak += 1,
-                                    // Rate limited and permanent never count
-                                    // and never reset.
-                                    OutcomeClass::RateLimited | OutcomeClass::Permanent => {}
+                                    // Rate limited, quota exhausted and
+                                    // permanent never count and never reset.
+                                    OutcomeClass::RateLimited
+                                    | OutcomeClass::QuotaExhausted
+                                    | OutcomeClass::Permanent => {}
                                 }
                                 prop_assert!(streak < THRESHOLD);
                             } else if half_open {
                                 // An outcome that decides nothing frees the probe.
-                                prop_assert!(matches!(class, OutcomeClass::RateLimited | OutcomeClass::Permanent));
+                                prop_assert!(matches!(class, OutcomeClass::RateLimited | OutcomeClass::QuotaExhausted | OutcomeClass::Permanent));
                                 probe_deadline = None;
                             }
                             // Open without a probe let through: outcomes of

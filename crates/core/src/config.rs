@@ -62,6 +62,17 @@ pub struct Config {
     /// the experiment is set to ERROR. Zero: at once.
     #[serde(with = "duration")]
     pub breaker_give_up: Duration,
+    /// How long a needed rate-limit key may answer nothing but 429s (rate
+    /// limited or quota exhausted, no success in between) — which includes
+    /// waiting on a used-up quota — before the experiment is set to ERROR
+    /// with a `last_error` that names the quota; resume continues it. Default
+    /// 30 minutes: far longer than any rate limit's window (per second, per
+    /// minute, and the 10 s windows of Azure), so a key that is merely busy
+    /// never fails an experiment, yet an experiment left running against a
+    /// used-up daily or monthly quota says so within half an hour instead of
+    /// staying RUNNING until midnight Pacific or the next invoice.
+    #[serde(with = "duration")]
+    pub rate_limit_give_up: Duration,
     /// High watermark: most work items buffered per experiment and kind; also
     /// the page size of work reconstruction.
     pub high_watermark: usize,
@@ -107,6 +118,7 @@ impl Default for Config {
             orphan_scan_jitter: 0.1,
             cooldown: Duration::from_secs(5),
             breaker_give_up: Duration::from_secs(300),
+            rate_limit_give_up: Duration::from_secs(30 * 60),
             high_watermark: 1000,
             low_watermark: 250,
             shutdown_grace: Duration::from_secs(30),
@@ -176,6 +188,12 @@ impl Config {
         }
         if !(0.0..0.5).contains(&self.orphan_scan_jitter) {
             return bad("orphan_scan_jitter", "must be at least 0 and below 0.5");
+        }
+        if self.rate_limit_give_up.is_zero() {
+            return bad(
+                "rate_limit_give_up",
+                "must be greater than zero (a single 429 is never a reason to give up)",
+            );
         }
         if self.high_watermark == 0 {
             return bad("high_watermark", "must be at least 1");

@@ -902,6 +902,13 @@ where
                     let _ = tx.send(Event::Finished { claim, end });
                 });
             }
+            Action::Waiting {
+                experiment,
+                waiting,
+            } => self.ports.events.emit(EngineEvent::Waiting {
+                experiment,
+                waiting,
+            }),
             Action::Departed { claim, why } => self.depart(claim, why),
         }
     }

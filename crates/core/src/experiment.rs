@@ -24,17 +24,18 @@
 //! store calls are requested as [`Action`]s.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::fasthash::{FastMap, FastSet};
 use crate::ids::{Claim, ExampleId, ExperimentId, RateKey};
+use crate::limited::{KeyNotes, waiting_message};
 use crate::outcome::{CallReport, Outcome, Reply};
 use crate::ports::{
     Acquire, Advisor, AnnotationRecord, Departure, Finish, LogLevel, RunRecord, RunWrite,
-    WaitReason, Write,
+    WaitReason, Waiting, Write,
 };
 use crate::rng::Rng;
 use crate::spec::{CallSpec, EvaluatorSpec, ExampleData, ExperimentPlan};
@@ -97,6 +98,14 @@ pub enum Action {
         /// Completed or Error.
         end: Finish,
     },
+    /// The experiment started (`Some`) or stopped (`None`) waiting on a
+    /// used-up quota (`EngineEvent::Waiting`, so the API can show it).
+    Waiting {
+        /// The experiment.
+        experiment: ExperimentId,
+        /// On what, until when.
+        waiting: Option<Waiting>,
+    },
     /// The experiment left the scheduler without a status write of its own
     /// (stopped elsewhere, lost, released on shutdown).
     Departed {
@@ -126,7 +135,8 @@ pub(crate) enum Next {
     NotReady,
     /// The per-experiment cap is reached, or the experiment is not running.
     Busy,
-    /// A needed key's breaker stayed open past `breaker_give_up`.
+    /// A needed key's breaker stayed open past `breaker_give_up`, or the key
+    /// answered only 429s for `rate_limit_give_up`.
     GaveUp(String),
 }
 
@@ -263,6 +273,8 @@ pub(crate) struct ExperimentState {
     /// earliest, so a resume after an outage gets the full give-up time).
     started: Instant,
     open_keys_logged: HashSet<RateKey>,
+    /// The key whose used-up quota this experiment is shown waiting on.
+    pub(crate) waiting: Option<RateKey>,
     failures_logged: u32,
     /// `Config::failures_logged`: failures logged one by one.
     failures_to_log: u32,
@@ -324,6 +336,7 @@ impl ExperimentState {
             fetch_retry_at: None,
             started: now,
             open_keys_logged: HashSet::new(),
+            waiting: None,
             failures_logged: 0,
             failures_to_log: config.failures_logged,
             retry_seq: 0,
@@ -378,7 +391,7 @@ impl ExperimentState {
         advisor: &A,
         estimate: &dyn Fn(&Job) -> Option<u64>,
         config: &Config,
-        last_errors: &HashMap<RateKey, String>,
+        notes: &KeyNotes,
         actions: &mut VecDeque<Action>,
     ) -> Next {
         if !self.is_running() || self.in_flight >= self.cap {
@@ -390,6 +403,10 @@ impl ExperimentState {
 
         // 1. Evals of runs that just succeeded (or found by the sweep).
         if let Some(head) = self.evals.front() {
+            match self.limit_check(&head.key, config, notes, now) {
+                Err(msg) => return Next::GaveUp(msg),
+                Ok(deadline) => wake = deadline.map_or(wake, |d| earliest(wake, d)),
+            }
             let tokens = estimate(head);
             match advisor.try_acquire(&head.key, tokens, now) {
                 Acquire::Permit => {
@@ -400,8 +417,7 @@ impl ExperimentState {
                 }
                 Acquire::Wait { until, reason } => {
                     let key = head.key.clone();
-                    if let Some(msg) = self.gave_up(&key, reason, now, config, last_errors, actions)
-                    {
+                    if let Some(msg) = self.gave_up(&key, reason, now, config, notes, actions) {
                         return Next::GaveUp(msg);
                     }
                     refused = Some(key);
@@ -412,6 +428,10 @@ impl ExperimentState {
 
         // 2. Retries whose backoff has elapsed, earliest first.
         if let Some(top) = self.retries.peek() {
+            match self.limit_check(&top.job.key, config, notes, now) {
+                Err(msg) => return Next::GaveUp(msg),
+                Ok(deadline) => wake = deadline.map_or(wake, |d| earliest(wake, d)),
+            }
             if top.ready_at <= now {
                 if refused.as_ref() != Some(&top.job.key) {
                     let tokens = estimate(&top.job);
@@ -425,7 +445,7 @@ impl ExperimentState {
                         Acquire::Wait { until, reason } => {
                             let key = top.job.key.clone();
                             if let Some(msg) =
-                                self.gave_up(&key, reason, now, config, last_errors, actions)
+                                self.gave_up(&key, reason, now, config, notes, actions)
                             {
                                 return Next::GaveUp(msg);
                             }
@@ -448,6 +468,10 @@ impl ExperimentState {
             && let Some(work) = self.tasks.front()
         {
             {
+                match self.limit_check(&self.task_key, config, notes, now) {
+                    Err(msg) => return Next::GaveUp(msg),
+                    Ok(deadline) => wake = deadline.map_or(wake, |d| earliest(wake, d)),
+                }
                 let mut job = self.task_job(work.clone());
                 let tokens = estimate(&job);
                 match advisor.try_acquire(&self.task_key, tokens, now) {
@@ -458,9 +482,7 @@ impl ExperimentState {
                     }
                     Acquire::Wait { until, reason } => {
                         let key = self.task_key.clone();
-                        if let Some(msg) =
-                            self.gave_up(&key, reason, now, config, last_errors, actions)
-                        {
+                        if let Some(msg) = self.gave_up(&key, reason, now, config, notes, actions) {
                             return Next::GaveUp(msg);
                         }
                         wake = earliest(wake, until);
@@ -485,6 +507,87 @@ impl ExperimentState {
         Next::Ready(job)
     }
 
+    /// The give-up of a key that has answered only 429s (DESIGN §6): `Err`
+    /// with the `last_error` once `rate_limit_give_up` has passed, else when
+    /// that will be (so the experiment is visited then even if the advisor
+    /// asks it to wait far longer, for example until a daily quota resets).
+    fn limit_check(
+        &self,
+        key: &RateKey,
+        config: &Config,
+        notes: &KeyNotes,
+        now: Instant,
+    ) -> Result<Option<Instant>, String> {
+        let Some(limited) = notes.limited(key) else {
+            return Ok(None);
+        };
+        let deadline = limited.deadline(self.started, config.rate_limit_give_up);
+        if now < deadline {
+            return Ok(Some(deadline));
+        }
+        Err(limited.give_up_message(key, limited.since.max(self.started), now))
+    }
+
+    /// Shows, once per wait, that the experiment waits on `key`'s used-up
+    /// quota: a log entry and an [`Action::Waiting`].
+    pub(crate) fn note_waiting(
+        &mut self,
+        key: &RateKey,
+        until: Option<Instant>,
+        now: Instant,
+        config: &Config,
+        notes: &KeyNotes,
+        actions: &mut VecDeque<Action>,
+    ) {
+        // One wait is shown at a time (an experiment whose task and judge
+        // keys are both spent shows the first until it is back), so the log
+        // gets one entry per wait, not one per visit.
+        if self.waiting.is_some() {
+            return;
+        }
+        self.waiting = Some(key.clone());
+        let note = notes.quota(key);
+        let until = until.or(note.and_then(|n| n.until));
+        let give_up_at = notes
+            .limited(key)
+            .map(|l| l.deadline(self.started, config.rate_limit_give_up));
+        actions.push_back(Action::Log {
+            experiment: self.id(),
+            level: LogLevel::Warn,
+            message: waiting_message(key, note, until, give_up_at, now),
+        });
+        actions.push_back(Action::Waiting {
+            experiment: self.id(),
+            waiting: Some(Waiting {
+                key: key.clone(),
+                until,
+                message: note.map(|n| n.message.clone()),
+            }),
+        });
+    }
+
+    /// The quota of `key` is back (one of its calls succeeded): the
+    /// experiment no longer shows that it waits on it.
+    pub(crate) fn quota_back(&mut self, key: &RateKey, actions: &mut VecDeque<Action>) {
+        if self.waiting.as_ref() != Some(key) {
+            return;
+        }
+        self.waiting = None;
+        actions.push_back(Action::Log {
+            experiment: self.id(),
+            level: LogLevel::Info,
+            message: format!(
+                "the quota of provider `{}` (key `{}`) is back: calls continue",
+                key.provider(),
+                key.as_str()
+            ),
+        });
+        actions.push_back(Action::Waiting {
+            experiment: self.id(),
+            waiting: None,
+        });
+    }
+
     /// Whether waiting on `key` for `reason` has lasted past the give-up time;
     /// returns the `last_error` text if so.
     fn gave_up(
@@ -493,11 +596,16 @@ impl ExperimentState {
         reason: WaitReason,
         now: Instant,
         config: &Config,
-        last_errors: &HashMap<RateKey, String>,
+        notes: &KeyNotes,
         actions: &mut VecDeque<Action>,
     ) -> Option<String> {
-        let WaitReason::BreakerOpen { open_since } = reason else {
-            return None;
+        let open_since = match reason {
+            WaitReason::BreakerOpen { open_since } => open_since,
+            WaitReason::Quota { until } => {
+                self.note_waiting(key, until, now, config, notes, actions);
+                return None;
+            }
+            WaitReason::Rate | WaitReason::Paused => return None,
         };
         self.note_open_key(key, actions);
         // Counted from this session's start at the earliest: a resume after
@@ -506,7 +614,8 @@ impl ExperimentState {
         if open_for < config.breaker_give_up {
             return None;
         }
-        let last = last_errors
+        let last = notes
+            .last_errors
             .get(key)
             .map(|m| format!("; last error: {m}"))
             .unwrap_or_default();
@@ -565,6 +674,18 @@ impl ExperimentState {
                     None => backoff(job.rate_limited, config, rng),
                 };
                 self.retry(job, latency_ms, now + delay);
+            }
+            Outcome::QuotaExhausted { retry_after, .. } => {
+                // Not a failure of this work item: it waits for the quota
+                // without counting toward max_retries. The advisor holds the
+                // key (one probe at a time), so without a stated time the
+                // ordinary backoff only decides when to ask it again.
+                job.rate_limited += 1;
+                let backoff = backoff(job.rate_limited, config, rng);
+                let ready_at = retry_after
+                    .and_then(|wait| now.checked_add(wait))
+                    .unwrap_or(now + backoff);
+                self.retry(job, latency_ms, ready_at);
             }
             Outcome::Transient { message } => {
                 job.transient_failures += 1;

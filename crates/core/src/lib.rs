@@ -31,6 +31,7 @@ pub mod error;
 mod experiment;
 mod fasthash;
 pub mod ids;
+mod limited;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod outcome;
@@ -49,7 +50,7 @@ pub use ids::{
 pub use outcome::{CallReport, Observation, Outcome, OutcomeClass, RateLimitHeaders, Reply, Usage};
 pub use ports::{
     Acquire, Advisor, AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink,
-    Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Write,
+    Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Waiting, Write,
 };
 pub use scheduler::{Action, PlanKeys, Scheduler, WriteResult};
 pub use spec::{

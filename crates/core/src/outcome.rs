@@ -38,6 +38,18 @@ pub enum Outcome {
         /// What the provider said (credentials removed).
         message: String,
     },
+    /// The key's quota, credit or spend cap is used up (OpenAI
+    /// `insufficient_quota`, Anthropic's spend limit, a Gemini per-day quota,
+    /// 402, or a `retry-after` longer than `advisor.long_wait`). Not a rate
+    /// limit: the rate is not cut, the job waits for the quota without
+    /// counting toward `max_retries` nor the breaker, and the experiment
+    /// shows that it waits on quota until it gives up.
+    QuotaExhausted {
+        /// What the provider said (credentials removed).
+        message: String,
+        /// When the quota comes back, as a wait from the reply, if known.
+        retry_after: Option<Duration>,
+    },
     /// Timeout, connection error, 5xx, truncated stream: retried with
     /// exponential backoff up to `max_retries`; counts toward the breaker.
     Transient {
@@ -58,6 +70,7 @@ impl Outcome {
         match self {
             Outcome::Success(_) => OutcomeClass::Success,
             Outcome::RateLimited { .. } => OutcomeClass::RateLimited,
+            Outcome::QuotaExhausted { .. } => OutcomeClass::QuotaExhausted,
             Outcome::Transient { .. } => OutcomeClass::Transient,
             Outcome::Permanent { .. } => OutcomeClass::Permanent,
         }
@@ -68,6 +81,7 @@ impl Outcome {
         match self {
             Outcome::Success(_) => None,
             Outcome::RateLimited { message, .. }
+            | Outcome::QuotaExhausted { message, .. }
             | Outcome::Transient { message }
             | Outcome::Permanent { message } => Some(message),
         }
@@ -81,6 +95,8 @@ pub enum OutcomeClass {
     Success,
     /// See [`Outcome::RateLimited`].
     RateLimited,
+    /// See [`Outcome::QuotaExhausted`].
+    QuotaExhausted,
     /// See [`Outcome::Transient`].
     Transient,
     /// See [`Outcome::Permanent`].
@@ -93,6 +109,7 @@ impl OutcomeClass {
         match self {
             OutcomeClass::Success => "success",
             OutcomeClass::RateLimited => "rate_limited",
+            OutcomeClass::QuotaExhausted => "quota_exhausted",
             OutcomeClass::Transient => "transient",
             OutcomeClass::Permanent => "permanent",
         }
@@ -171,7 +188,8 @@ impl CallReport {
 pub struct Observation {
     /// The class of the outcome.
     pub class: OutcomeClass,
-    /// For rate-limited outcomes: the provider's requested pause.
+    /// For rate-limited outcomes: the provider's requested pause; for
+    /// quota exhaustion: the wait until the quota comes back, if known.
     pub retry_after: Option<Duration>,
     /// Rate-limit headers that came with the reply.
     pub headers: Option<RateLimitHeaders>,
@@ -199,6 +217,7 @@ impl Observation {
             class: report.outcome.class(),
             retry_after: match &report.outcome {
                 Outcome::RateLimited { retry_after, .. } => *retry_after,
+                Outcome::QuotaExhausted { retry_after, .. } => *retry_after,
                 _ => None,
             },
             headers: report.rate_limits,

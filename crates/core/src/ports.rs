@@ -41,6 +41,13 @@ pub enum WaitReason {
         /// When the breaker opened.
         open_since: Instant,
     },
+    /// The key's quota is used up (DESIGN §6): no call before the wait's
+    /// `until`, when one probe call checks whether the quota is back.
+    Quota {
+        /// When the provider said the quota comes back; `None` when it did
+        /// not say (the wait's `until` is then only the next probe).
+        until: Option<Instant>,
+    },
 }
 
 /// The advisor's answer to "may a job with this key start now?".
@@ -277,12 +284,25 @@ pub enum Departure {
     Stopped,
     /// Every run and annotation exists; written COMPLETED.
     Completed,
-    /// Gave up (breaker open too long, plan unusable); written ERROR.
+    /// Gave up (breaker open too long, a key answering only 429s or out of
+    /// quota too long, plan unusable); written ERROR.
     Errored(String),
     /// Another replica took it over, or it was stopped/deleted elsewhere.
     Lost,
     /// Claim released on graceful shutdown.
     Released,
+}
+
+/// What an experiment is waiting on, while it waits on something the user
+/// should see (DESIGN §6: a used-up quota).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// The rate-limit key whose quota is used up.
+    pub key: RateKey,
+    /// When the provider said the quota comes back; `None`: unknown.
+    pub until: Option<Instant>,
+    /// What the provider said (credentials removed), if a call said it.
+    pub message: Option<String>,
 }
 
 /// Things that happened in the engine, for event streams and metrics.
@@ -334,6 +354,14 @@ pub enum EngineEvent {
         latency: Duration,
         /// Task (true) or eval (false).
         task: bool,
+    },
+    /// The experiment started (`Some`) or stopped (`None`) waiting on a
+    /// used-up quota.
+    Waiting {
+        /// The experiment.
+        experiment: ExperimentId,
+        /// On what, until when.
+        waiting: Option<Waiting>,
     },
     /// The store rejected a write because a later claim exists.
     WriteFenced {

@@ -15,14 +15,15 @@
 //! with K always-ready experiments the dispatch counts never differ by more
 //! than one, and a throttled experiment never holds a slot or delays another.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::experiment::{ExperimentState, Mode, Next};
 use crate::fasthash::FastMap;
-use crate::ids::{Claim, ExperimentId, RateKey};
+use crate::ids::{Claim, ExperimentId};
+use crate::limited::KeyNotes;
 use crate::outcome::{CallReport, Observation};
 use crate::ports::{Advisor, Departure, LogLevel, RunWrite};
 use crate::rng::Rng;
@@ -55,9 +56,10 @@ pub struct Scheduler {
     slots_in_use: usize,
     actions: VecDeque<Action>,
     rng: Rng,
-    /// The last transient error seen per key, from any experiment (named in
-    /// `last_error` when an experiment gives up on an open breaker).
-    last_errors: HashMap<RateKey, String>,
+    /// What the outcomes of every experiment's calls said about each key:
+    /// its last transient error (named when an experiment gives up on an
+    /// open breaker) and whether it answers only 429s (quota give-up).
+    notes: KeyNotes,
 }
 
 impl Scheduler {
@@ -73,7 +75,7 @@ impl Scheduler {
             slots_in_use: 0,
             actions: VecDeque::new(),
             rng: Rng::new(seed),
-            last_errors: HashMap::new(),
+            notes: KeyNotes::default(),
         }
     }
 
@@ -186,7 +188,7 @@ impl Scheduler {
                 advisor,
                 estimate,
                 &self.config,
-                &self.last_errors,
+                &self.notes,
                 &mut self.actions,
             ) {
                 Next::Ready(job) => {
@@ -233,11 +235,25 @@ impl Scheduler {
             &Observation::from_report(&report, job.tokens_reserved),
             now,
         );
-        if let crate::Outcome::Transient { message } = &report.outcome {
-            self.last_errors.insert(job.key.clone(), message.clone());
+        self.notes.observe(&job.key, &report.outcome, now);
+        if matches!(report.outcome, crate::Outcome::Success(_)) {
+            // A success of the key ends every experiment's quota wait on it.
+            let waiting = self
+                .experiments
+                .iter()
+                .filter(|(_, e)| e.waiting.as_ref() == Some(&job.key))
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>();
+            for id in waiting {
+                if let Some(exp) = self.experiments.get_mut(&id) {
+                    exp.quota_back(&job.key, &mut self.actions);
+                }
+            }
         }
         let id = job.experiment;
+        let quota = matches!(report.outcome, crate::Outcome::QuotaExhausted { .. });
         if let Some(exp) = self.experiments.get_mut(&id) {
+            let key = quota.then(|| job.key.clone());
             exp.handle_call_finished(
                 job,
                 report,
@@ -246,6 +262,19 @@ impl Scheduler {
                 &mut self.rng,
                 &mut self.actions,
             );
+            if let Some(key) = key
+                && exp.is_running()
+            {
+                // Shown at once, not only when the advisor next says "wait".
+                exp.note_waiting(
+                    &key,
+                    None,
+                    now,
+                    &self.config,
+                    &self.notes,
+                    &mut self.actions,
+                );
+            }
             self.touch(id, now);
         }
     }

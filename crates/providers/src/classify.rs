@@ -9,6 +9,7 @@ use reqwest::header::HeaderMap;
 use runnel_core::{Outcome, OutcomeClass};
 use serde_json::Value;
 
+use crate::quota::{QuotaSignal, quota_signal};
 use crate::ratelimit::{parse_go_duration, retry_after};
 
 /// How much of a body without a recognisable error message is quoted. Not a
@@ -52,6 +53,32 @@ impl Fault {
         }
     }
 
+    pub(crate) fn quota(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self {
+            class: OutcomeClass::QuotaExhausted,
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// A rate limit whose wait is longer than `long_wait` (`advisor.long_wait`)
+    /// is a used-up allowance, not a rate limit (DESIGN §6).
+    pub(crate) fn long_wait(self, long_wait: Duration) -> Self {
+        match self.retry_after {
+            Some(wait) if self.class == OutcomeClass::RateLimited && wait > long_wait => {
+                let message = format!(
+                    "{} (the provider asks to wait {}, longer than advisor.long_wait = {}: \
+                     treated as a used-up quota)",
+                    self.message,
+                    runnel_core::config::duration::format(wait),
+                    runnel_core::config::duration::format(long_wait),
+                );
+                Self::quota(message, Some(wait))
+            }
+            _ => self,
+        }
+    }
+
     /// The outcome, with `clean` applied to the message (redaction and
     /// truncation happen there, in one place).
     pub(crate) fn into_outcome(self, clean: impl Fn(&str) -> String) -> Outcome {
@@ -60,6 +87,10 @@ impl Fault {
             OutcomeClass::RateLimited => Outcome::RateLimited {
                 retry_after: self.retry_after,
                 message,
+            },
+            OutcomeClass::QuotaExhausted => Outcome::QuotaExhausted {
+                message,
+                retry_after: self.retry_after,
             },
             OutcomeClass::Transient => Outcome::Transient { message },
             // A fault is never a success; treat a misuse as permanent.
@@ -83,15 +114,6 @@ pub(crate) fn is_throttling(text: &str) -> bool {
     ]
     .iter()
     .any(|p| lower.contains(p))
-}
-
-/// Whether an error text says the account is out of credit, which waiting
-/// does not fix (OpenAI answers 429 `insufficient_quota`).
-fn is_out_of_credit(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    ["insufficient_quota", "billing", "credit balance"]
-        .iter()
-        .any(|p| lower.contains(p))
 }
 
 fn text_field(v: &Value, key: &str) -> Option<String> {
@@ -180,8 +202,23 @@ pub(crate) fn classify_status(
     };
     let wait = || retry_after(headers, now).or_else(|| json.as_ref().and_then(gemini_retry_delay));
     let code = status.as_u16();
+    // Money or a used-up allowance, not a rate (see `crate::quota`).
+    let quota = match code {
+        402 => QuotaSignal::Exhausted {
+            back_in: None,
+            note: None,
+        },
+        429 => quota_signal(json.as_ref(), &detail, now),
+        _ => QuotaSignal::None,
+    };
+    if let QuotaSignal::Exhausted { back_in, note } = quota {
+        let message = match note {
+            Some(note) => format!("{message} ({note})"),
+            None => message,
+        };
+        return Fault::quota(message, back_in.or_else(|| retry_after(headers, now)));
+    }
     match code {
-        429 if is_out_of_credit(&detail) => Fault::permanent(message),
         429 | 529 => Fault::rate_limited(message, wait()),
         401 => Fault::permanent(message),
         _ if is_throttling(&detail) => Fault::rate_limited(message, wait()),
@@ -268,8 +305,14 @@ mod tests {
             (
                 429,
                 r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#,
-                Permanent,
+                QuotaExhausted,
             ),
+            (
+                402,
+                r#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#,
+                QuotaExhausted,
+            ),
+            (402, "", QuotaExhausted),
             (
                 400,
                 r#"{"__type":"ThrottlingException","message":"Too many requests, please wait"}"#,
@@ -364,7 +407,8 @@ mod tests {
             let fault = status(code, &body);
             let throttling = is_throttling(&fault.message);
             let expected = match code {
-                429 if is_out_of_credit(&fault.message) => OutcomeClass::Permanent,
+                402 => OutcomeClass::QuotaExhausted,
+                429 if crate::quota::is_out_of_credit(&fault.message) => OutcomeClass::QuotaExhausted,
                 429 | 529 => OutcomeClass::RateLimited,
                 401 => OutcomeClass::Permanent,
                 _ if throttling => OutcomeClass::RateLimited,
@@ -385,6 +429,31 @@ mod tests {
             let _ = crate::openai::parse_reply(body.as_bytes());
             let _ = crate::anthropic::parse_reply(body.as_bytes());
             let _ = crate::gemini::parse_reply(body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn long_waits_become_quota_and_keep_their_time() {
+        let hour = Duration::from_secs(3600);
+        let ten = Duration::from_secs(600);
+        let f = Fault::rate_limited("HTTP 429", Some(hour)).long_wait(ten);
+        assert_eq!(f.class, OutcomeClass::QuotaExhausted);
+        assert_eq!(f.retry_after, Some(hour));
+        assert_eq!(
+            f.into_outcome(str::to_owned),
+            Outcome::QuotaExhausted {
+                message: "HTTP 429 (the provider asks to wait 3600s, longer than \
+                          advisor.long_wait = 600s: treated as a used-up quota)"
+                    .into(),
+                retry_after: Some(hour),
+            }
+        );
+        for f in [
+            Fault::rate_limited("HTTP 429", Some(ten)),
+            Fault::rate_limited("HTTP 429", None),
+            Fault::transient("HTTP 503"),
+        ] {
+            assert_eq!(f.clone().long_wait(ten), f);
         }
     }
 

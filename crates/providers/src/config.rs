@@ -267,6 +267,11 @@ pub struct Settings {
     /// Tokens a chat message costs in that estimate beyond its text (role,
     /// separators). Default 4.
     pub tokens_per_message: u64,
+    /// A 429 whose `retry-after` is longer than this ends as
+    /// `QuotaExhausted`, not `RateLimited`. Default 10 min (the server
+    /// passes `advisor.long_wait`, which documents the choice).
+    #[serde(skip)]
+    pub long_wait: Duration,
 }
 
 impl Default for Settings {
@@ -279,6 +284,7 @@ impl Default for Settings {
             error_body_bytes: 64 * 1024,
             chars_per_token: 4,
             tokens_per_message: 4,
+            long_wait: Duration::from_secs(600),
         }
     }
 }
@@ -300,6 +306,9 @@ impl Settings {
         }
         if self.max_call_timeout.is_zero() {
             return bad("max_call_timeout", "must be greater than zero");
+        }
+        if self.long_wait.is_zero() {
+            return bad("long_wait", "must be greater than zero");
         }
         if !(20..=1_000_000).contains(&self.max_error_chars) {
             return bad("max_error_chars", "must be between 20 and 1000000");

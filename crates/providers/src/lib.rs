@@ -28,7 +28,7 @@
 //! |---|---|
 //! | 2xx with a body that parses (or a stream that reached its final event) | `Success` |
 //! | 429; Anthropic 529; any non-2xx whose error says rate limit / throttling / overloaded / `RESOURCE_EXHAUSTED` (not 401) | `RateLimited`, with `retry_after` from `retry-after-ms`, `retry-after` (seconds or HTTP date), or Gemini's `RetryInfo` |
-//! | 429 whose error says `insufficient_quota` / billing (waiting does not help) | `Permanent` |
+//! | 402; 429 whose error says `insufficient_quota` / "exceeded your current quota" / billing / credit; Anthropic 429 `enforced_spend_limit_reached`; Gemini 429 `RESOURCE_EXHAUSTED` whose `QuotaFailure` names a per-day quota; a 429 whose wait is longer than `Settings::long_wait` (`advisor.long_wait`) | `QuotaExhausted`, with `retry_after` when the return is known (the stated wait; midnight Pacific for Gemini's daily quotas) |
 //! | 408, 409, 5xx; timeout; connect error, reset or closed connection; body cut off | `Transient` |
 //! | a stream that ends without its final event (`[DONE]` / `finish_reason`, `message_stop`, Gemini `finishReason`) | `Transient` ("truncated stream") |
 //! | a malformed stream event (bad JSON, not UTF-8); an `error` event inside a stream | `Transient` (`RateLimited` when it says overloaded / rate limit) |
@@ -62,6 +62,7 @@ pub mod config;
 mod error;
 pub mod gemini;
 pub mod openai;
+mod quota;
 pub mod ratelimit;
 pub mod redact;
 mod registry;

@@ -559,7 +559,12 @@ impl Providers {
             )
             .await;
         let (outcome, usage) = match result {
-            Err(fault) => (fault.into_outcome(cleaner), None),
+            Err(fault) => (
+                fault
+                    .long_wait(self.settings.long_wait)
+                    .into_outcome(cleaner),
+                None,
+            ),
             Ok(completion) => {
                 let outcome = match &job.kind {
                     JobKind::Task { .. } => Outcome::Success(Reply::Task {

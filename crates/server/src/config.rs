@@ -507,6 +507,7 @@ impl RunnelConfig {
             task_timeout: self.scheduler.task_timeout,
             eval_timeout: self.scheduler.eval_timeout,
             max_call_timeout: self.scheduler.max_call_timeout,
+            long_wait: self.advisor.long_wait,
             ..self.calls.clone()
         }
     }
@@ -735,6 +736,35 @@ mod tests {
     }
 
     #[test]
+    fn the_quota_keys_reach_the_core_and_the_provider_adapters() {
+        let config = RunnelConfig::from_toml(
+            "[scheduler]\nrate_limit_give_up = \"45m\"\n[advisor]\nlong_wait = \"20m\"\nquota_probe_interval = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.scheduler.rate_limit_give_up,
+            Duration::from_secs(2700)
+        );
+        assert_eq!(
+            config.advisor.quota_probe_interval,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            config.provider_settings().long_wait,
+            Duration::from_secs(1200)
+        );
+        let defaults = RunnelConfig::from_toml("").unwrap();
+        assert_eq!(
+            defaults.scheduler.rate_limit_give_up,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            defaults.provider_settings().long_wait,
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (
@@ -759,6 +789,15 @@ mod tests {
             (
                 "[providers.x]\nkind = \"openai\"\nrpm = 60\nunlimited = true",
                 "providers.x.unlimited",
+            ),
+            (
+                "[scheduler]\nrate_limit_give_up = \"0s\"",
+                "scheduler.rate_limit_give_up",
+            ),
+            ("[advisor]\nlong_wait = \"10ms\"", "advisor.long_wait"),
+            (
+                "[advisor]\nquota_probe_interval = 0",
+                "advisor.quota_probe_interval",
             ),
             ("[database]\nbatch_size = 0", "database.batch_size"),
             ("[database]\nmax_page = 0", "database.max_page"),
@@ -849,7 +888,10 @@ mod tests {
             "scheduler.lease",
             "scheduler.breaker_give_up",
             "scheduler.store_write_give_up",
+            "scheduler.rate_limit_give_up",
             "advisor.breaker_cooldown",
+            "advisor.long_wait",
+            "advisor.quota_probe_interval",
             "advisor.probe_timeout",
             "server.rate_state_interval",
             "server.events_status_poll",

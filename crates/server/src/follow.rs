@@ -93,6 +93,11 @@ pub struct Tally {
     pub calls: u64,
     /// Calls answered "rate limited" (429, 529) and retried later.
     pub rate_limited: u64,
+    /// Calls answered "quota used up" (402, `insufficient_quota`, a daily
+    /// quota, a very long `retry-after`) and waited for.
+    pub quota_exhausted: u64,
+    /// The key whose used-up quota the experiment waits on, while it does.
+    pub waiting: Option<runnel_core::Waiting>,
     /// Calls that failed transiently (5xx, resets, timeouts).
     pub transient: u64,
     /// Calls that failed permanently.
@@ -131,11 +136,13 @@ impl Tally {
                 match class {
                     OutcomeClass::Success => {}
                     OutcomeClass::RateLimited => self.rate_limited += 1,
+                    OutcomeClass::QuotaExhausted => self.quota_exhausted += 1,
                     OutcomeClass::Transient => self.transient += 1,
                     OutcomeClass::Permanent => self.permanent += 1,
                 }
                 self.recent.push_back(now);
             }
+            EngineEvent::Waiting { waiting, .. } => self.waiting.clone_from(waiting),
             EngineEvent::Departed { why, .. } => return Some(why.clone()),
             _ => {}
         }
@@ -265,6 +272,17 @@ pub fn advisor_rates(advisor: &Advisor, keys: &BTreeSet<RateKey>, now: Instant) 
     out
 }
 
+/// What the progress line says while the experiment waits on a used-up quota.
+fn waiting_text(tally: &Tally, now: Instant) -> Option<String> {
+    let w = tally.waiting.as_ref()?;
+    let mut text = format!(" · waiting on the quota of {}", w.key.as_str());
+    if let Some(until) = w.until {
+        let left = until.saturating_duration_since(now).as_secs();
+        let _ = write!(text, " (back in {}m {}s)", left / 60, left % 60);
+    }
+    Some(text)
+}
+
 /// One line of progress text.
 fn progress_text(
     launched: &Launched,
@@ -294,6 +312,9 @@ fn progress_text(
         let _ = write!(text, " · advisor allows {rates}");
     }
     let _ = write!(text, " · 429s absorbed {}", tally.rate_limited);
+    if let Some(waiting) = waiting_text(tally, now) {
+        text.push_str(&waiting);
+    }
     if tally.transient > 0 {
         let _ = write!(text, " · retried errors {}", tally.transient);
     }
@@ -401,5 +422,39 @@ mod tests {
             why: Departure::Completed,
         };
         assert_eq!(tally.record(&departed, t0), Some(Departure::Completed));
+    }
+
+    #[test]
+    fn tally_counts_quota_answers_and_shows_the_wait_while_it_lasts() {
+        let mut tally = Tally::default();
+        let t0 = Instant::now();
+        tally.record(&call(OutcomeClass::QuotaExhausted), t0);
+        assert_eq!((tally.quota_exhausted, tally.rate_limited), (1, 0));
+        assert_eq!(waiting_text(&tally, t0), None);
+        let experiment = ExperimentId(uuid::Uuid::nil());
+        let waiting = |until| EngineEvent::Waiting {
+            experiment,
+            waiting: Some(runnel_core::Waiting {
+                key: RateKey::new("sim", "m"),
+                until,
+                message: None,
+            }),
+        };
+        tally.record(&waiting(Some(t0 + Duration::from_secs(125))), t0);
+        assert_eq!(
+            waiting_text(&tally, t0).as_deref(),
+            Some(" · waiting on the quota of sim|m (back in 2m 5s)")
+        );
+        tally.record(&waiting(None), t0);
+        assert_eq!(
+            waiting_text(&tally, t0).as_deref(),
+            Some(" · waiting on the quota of sim|m")
+        );
+        let over = EngineEvent::Waiting {
+            experiment,
+            waiting: None,
+        };
+        tally.record(&over, t0);
+        assert_eq!(waiting_text(&tally, t0), None);
     }
 }

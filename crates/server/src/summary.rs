@@ -94,6 +94,8 @@ pub struct Calls {
     pub ideal: u64,
     /// Answered "rate limited" and retried later.
     pub rate_limited: u64,
+    /// Answered "quota used up" and waited for.
+    pub quota_exhausted: u64,
     /// Failed transiently (5xx, resets, timeouts) and retried or given up.
     pub transient: u64,
     /// Failed permanently.
@@ -288,6 +290,7 @@ pub async fn collect(
             total: tally.calls,
             ideal: p.runs_expected + p.annotations_expected,
             rate_limited: tally.rate_limited,
+            quota_exhausted: tally.quota_exhausted,
             transient: tally.transient,
             permanent: tally.permanent,
         },
@@ -386,6 +389,9 @@ impl Summary {
             "; {} rate-limited (429) absorbed, {} transient errors, {} permanent",
             c.rate_limited, c.transient, c.permanent
         );
+        if c.quota_exhausted > 0 {
+            let _ = write!(calls, ", {} quota exhausted", c.quota_exhausted);
+        }
         if self.events_lagged {
             calls.push_str(" (some live events were dropped: counts may be low)");
         }
@@ -463,6 +469,7 @@ mod tests {
                 total: 25,
                 ideal: 19,
                 rate_limited: 5,
+                quota_exhausted: 0,
                 transient: 1,
                 permanent: 1,
             },

@@ -201,6 +201,15 @@ impl Metrics {
             .with_description("Times each key's circuit breaker opened")
             .with_callback(per_key(&advisor, |m| Some(m.trips)))
             .build();
+        let _quota = meter
+            .u64_observable_gauge("runnel_quota_waiting")
+            .with_description(
+                "1 while a key waits on its used-up quota (one probe per interval), else 0",
+            )
+            .with_callback(per_key(&advisor, |m| {
+                Some(u64::from(m.quota_wait_until.is_some()))
+            }))
+            .build();
         let _permits = meter
             .u64_observable_counter("runnel_advisor_permits")
             .with_description("Permits granted per key")
@@ -326,7 +335,7 @@ impl Metrics {
                 };
                 self.departures.add(1, &[KeyValue::new("reason", reason)]);
             }
-            EngineEvent::Chunk { .. } => {}
+            EngineEvent::Chunk { .. } | EngineEvent::Waiting { .. } => {}
         }
     }
 

@@ -116,6 +116,15 @@ fn ready<T: Send + 'static>(value: T) -> Boxed<T> {
 /// A store mock that owns one experiment with `examples` tasks; other
 /// expectations are added by each test.
 fn store_with(examples: i64, id: ExperimentId) -> MockStore {
+    store_with_log(examples, id, |_| {})
+}
+
+/// [`store_with`], handing every log message to `log`.
+fn store_with_log(
+    examples: i64,
+    id: ExperimentId,
+    log: impl Fn(String) + Send + Sync + 'static,
+) -> MockStore {
     let mut store = MockStore::new();
     store
         .expect_reclaim_own()
@@ -134,7 +143,10 @@ fn store_with(examples: i64, id: ExperimentId) -> MockStore {
         let page: Vec<TaskWork> = (start..=examples).take(limit).map(work).collect();
         ready(Ok(page))
     });
-    store.expect_log().returning(|_, _, _| ready(Ok(())));
+    store.expect_log().returning(move |_, _, message| {
+        log(message);
+        ready(Ok(()))
+    });
     store
 }
 
@@ -462,6 +474,92 @@ async fn keys_with_an_open_breaker_are_not_dispatched_until_give_up() {
         ended.lock().unwrap().clone(),
         Some(Finish::Error(_))
     ));
+}
+
+/// A used-up quota through the engine: the first answer says so, the
+/// engine emits `Waiting` (shown by the server) and logs it, the advisor
+/// holds the key, and after `rate_limit_give_up` the experiment is written
+/// ERROR naming the quota — exactly one provider call in all.
+#[tokio::test(start_paused = true)]
+async fn a_used_up_quota_is_shown_then_errors_after_the_give_up() {
+    let id = exp_id(9);
+    let logged = Arc::new(Mutex::new(Vec::new()));
+    let l = logged.clone();
+    let mut store = store_with_log(3, id, move |m| l.lock().unwrap().push(m));
+    heartbeat_keeps_everything(&mut store);
+    store
+        .expect_finish()
+        .times(1)
+        .returning(|_, _| ready(Ok(true)));
+    let mut provider = keyed_provider();
+    provider.expect_call().times(1).returning(|_, _| {
+        ready(CallReport::new(
+            Outcome::QuotaExhausted {
+                message: "HTTP 429: insufficient_quota".into(),
+                retry_after: Some(Duration::from_secs(7200)),
+            },
+            Duration::from_millis(20),
+        ))
+    });
+    let mut advisor = MockAdvisor::new();
+    let spent = Arc::new(Mutex::new(None::<Instant>));
+    let s = spent.clone();
+    advisor
+        .expect_try_acquire()
+        .returning(move |_, _, _| match *s.lock().unwrap() {
+            None => Acquire::Permit,
+            Some(back) => Acquire::Wait {
+                until: back,
+                reason: WaitReason::Quota { until: Some(back) },
+            },
+        });
+    let s = spent.clone();
+    advisor.expect_record().returning(move |_, obs, now| {
+        if let Some(after) = obs.retry_after {
+            *s.lock().unwrap() = Some(now + after);
+        }
+    });
+    let config = Config {
+        max_concurrency: 1,
+        rate_limit_give_up: Duration::from_secs(600),
+        ..Config::default()
+    };
+    let start = tokio::time::Instant::now();
+    let (_handle, mut rx, _task) = engine(config, store, provider, advisor);
+    let waiting = wait_for(&mut rx, |e| matches!(e, EngineEvent::Waiting { .. })).await;
+    let EngineEvent::Waiting {
+        waiting: Some(w), ..
+    } = waiting
+    else {
+        panic!("{waiting:?}")
+    };
+    assert_eq!(w.key, RateKey::new("p", "m"));
+    assert!(w.until.is_some());
+    let departed = wait_for(&mut rx, |e| matches!(e, EngineEvent::Departed { .. })).await;
+    let EngineEvent::Departed {
+        why: Departure::Errored(message),
+        ..
+    } = departed
+    else {
+        panic!("{departed:?}")
+    };
+    assert!(
+        message.starts_with("quota exhausted: provider `p`"),
+        "{message}"
+    );
+    assert!(message.contains("comes back in about 1h 50m"), "{message}");
+    let elapsed = tokio::time::Instant::now() - start;
+    assert!(
+        elapsed >= Duration::from_secs(600) && elapsed <= Duration::from_secs(601),
+        "{elapsed:?}"
+    );
+    let logged = logged.lock().unwrap();
+    assert!(
+        logged
+            .iter()
+            .any(|m| m.starts_with("waiting on quota: provider `p`")),
+        "{logged:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

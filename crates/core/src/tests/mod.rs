@@ -8,6 +8,7 @@
 use crate::ports::Clock;
 
 mod engine;
+mod quota_props;
 mod scheduler_props;
 mod sim;
 mod tokio_clock;

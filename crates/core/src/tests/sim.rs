@@ -64,10 +64,30 @@ pub(crate) struct ModelAdvisor {
     pub(crate) open: HashMap<String, Instant>,
     state: Mutex<HashMap<RateKey, Instant>>,
     pub(crate) permits: Mutex<HashMap<RateKey, u64>>,
+    /// The probe interval of a used-up quota whose return time is unknown.
+    pub(crate) quota_probe: Duration,
+    /// Keys waiting on quota, and when the next probe may go.
+    quota: Mutex<HashMap<RateKey, Instant>>,
 }
+
+/// How long a quota probe counts as out before another may go (the model
+/// of the advisor's `probe_timeout`).
+const PROBE_OUT: Duration = Duration::from_secs(3600);
 
 impl Advisor for ModelAdvisor {
     fn try_acquire(&self, key: &RateKey, _tokens: Option<u64>, now: Instant) -> Acquire {
+        if let Some(next) = self.quota.lock().unwrap().get_mut(key) {
+            if now < *next {
+                return Acquire::Wait {
+                    until: *next,
+                    reason: WaitReason::Quota { until: None },
+                };
+            }
+            // One probe; the next waits for its outcome.
+            *next = now + PROBE_OUT;
+            *self.permits.lock().unwrap().entry(key.clone()).or_default() += 1;
+            return Acquire::Permit;
+        }
         if let Some(&open_since) = self.open.get(key.provider()) {
             return Acquire::Wait {
                 until: now + Duration::from_secs(1),
@@ -98,7 +118,19 @@ impl Advisor for ModelAdvisor {
         }
     }
 
-    fn record(&self, _key: &RateKey, _observation: &Observation, _now: Instant) {}
+    fn record(&self, key: &RateKey, observation: &Observation, now: Instant) {
+        let mut quota = self.quota.lock().unwrap();
+        match observation.class {
+            OutcomeClass::QuotaExhausted => {
+                let wait = observation.retry_after.unwrap_or(self.quota_probe);
+                quota.insert(key.clone(), now + wait);
+            }
+            OutcomeClass::Success => {
+                quota.remove(key);
+            }
+            _ => {}
+        }
+    }
 }
 
 enum SimEvent {
@@ -136,6 +168,8 @@ pub(crate) struct Sim {
     pub(crate) outcomes: HashMap<(ExperimentId, WorkKey), Vec<OutcomeClass>>,
     pub(crate) dispatches: Vec<Dispatch>,
     pub(crate) finished: HashMap<ExperimentId, Vec<Finish>>,
+    /// When (since start) each experiment's last final status was written.
+    pub(crate) finished_at: HashMap<ExperimentId, Duration>,
     pub(crate) departed: HashMap<ExperimentId, Vec<Departure>>,
     pub(crate) stopped: HashSet<ExperimentId>,
     pub(crate) claims: BTreeMap<ExperimentId, Claim>,
@@ -147,6 +181,14 @@ pub(crate) struct Sim {
     /// Moments (since start) at which the hook wants to run even if nothing
     /// else happens then.
     pub(crate) wakeups: Vec<Duration>,
+    /// Calls with this provider entry answer that the quota is used up,
+    /// with this `retry_after`, while `quota_until` (since start) has not
+    /// passed.
+    pub(crate) quota: Option<(String, Option<Duration>)>,
+    /// Until when (since start) the quota of `quota` stays used up.
+    pub(crate) quota_until: Duration,
+    /// Quota waits shown: (since start, experiment, started or ended).
+    pub(crate) waiting: Vec<(Duration, ExperimentId, bool)>,
 }
 
 fn call(provider: &str, model: &str) -> CallSpec {
@@ -185,6 +227,7 @@ impl Sim {
             outcomes: HashMap::new(),
             dispatches: Vec::new(),
             finished: HashMap::new(),
+            finished_at: HashMap::new(),
             departed: HashMap::new(),
             stopped: HashSet::new(),
             claims: BTreeMap::new(),
@@ -192,6 +235,9 @@ impl Sim {
             violations: Vec::new(),
             check_priority: false,
             wakeups: Vec::new(),
+            quota: None,
+            quota_until: Duration::MAX,
+            waiting: Vec::new(),
         }
     }
 
@@ -274,7 +320,15 @@ impl Sim {
     fn outcome(&mut self, job: &Job) -> Outcome {
         let u = self.rng.unit();
         let b = &self.behaviour;
-        if u < b.p_rate_limited {
+        if let Some((provider, retry_after)) = &self.quota
+            && job.key.provider() == provider
+            && self.now - self.start < self.quota_until
+        {
+            Outcome::QuotaExhausted {
+                message: "429 insufficient_quota".into(),
+                retry_after: *retry_after,
+            }
+        } else if u < b.p_rate_limited {
             Outcome::RateLimited {
                 retry_after: None,
                 message: "429".into(),
@@ -348,7 +402,16 @@ impl Sim {
                         self.check_complete(claim.experiment);
                     }
                     let _ = block_on(self.store.finish(&claim, &end));
+                    self.finished_at
+                        .insert(claim.experiment, self.now - self.start);
                     self.finished.entry(claim.experiment).or_default().push(end);
+                }
+                Action::Waiting {
+                    experiment,
+                    waiting,
+                } => {
+                    let at = self.now - self.start;
+                    self.waiting.push((at, experiment, waiting.is_some()));
                 }
                 Action::Departed { claim, why } => {
                     self.departed.entry(claim.experiment).or_default().push(why);

@@ -1,5 +1,5 @@
 //! `GET /v1/experiments/{id}/events`: Server-Sent Events of one experiment —
-//! `progress`, `run`, `chunk`, `status`, `error` — ending when the experiment
+//! `progress`, `run`, `chunk`, `status`, `waiting`, `error` — ending when the experiment
 //! leaves RUNNING.
 //!
 //! Runs and chunks come from this replica's engine. Progress and status are
@@ -19,14 +19,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::body::PathId;
 use super::error::{ApiError, Problem};
-use super::types::ProgressOut;
+use super::types::{ProgressOut, WaitingOut};
 use super::validate;
 use crate::state::AppState;
 
 /// Follow an experiment live (Server-Sent Events).
 #[utoipa::path(get, path = "/v1/experiments/{id}/events", tag = "results",
     params(("id" = String, Path, description = "Experiment id")),
-    responses((status = 200, content_type = "text/event-stream", description = "events: progress, run, chunk, status, error"), (status = 404, body = Problem)))]
+    responses((status = 200, content_type = "text/event-stream", description = "events: progress, run, chunk, status, waiting (on a used-up quota, or null when it ends), error"), (status = 404, body = Problem)))]
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -78,6 +78,19 @@ async fn follow(
     if status != ExperimentStatus::Running {
         return;
     }
+    // A stream opened during a quota wait shows it at once (later changes
+    // come as events; the bus was subscribed before this read).
+    if let Some(waiting) = state.bus.waiting(id)
+        && tx
+            .send(event(
+                "waiting",
+                serde_json::to_value(WaitingOut::from(waiting)).unwrap_or_default(),
+            ))
+            .await
+            .is_err()
+    {
+        return;
+    }
     let mut progress_tick = tokio::time::interval(state.config.server.progress_interval);
     let mut status_tick = tokio::time::interval(state.config.server.events_status_poll);
     let mut dirty = false;
@@ -111,6 +124,11 @@ async fn follow(
                         EngineEvent::WriteAbandoned { error, .. } => Some(event("error", json!({
                             "message": format!("a result could not be recorded: {error}"),
                         }))),
+                        EngineEvent::Waiting { .. } => Some(event(
+                            "waiting",
+                            serde_json::to_value(state.bus.waiting(id).map(WaitingOut::from))
+                                .unwrap_or_default(),
+                        )),
                         EngineEvent::Departed { .. } => {
                             // The final status write may still be under way:
                             // the status poll picks it up.

@@ -69,7 +69,9 @@ pub async fn list(
         .db
         .experiments(&ExperimentFilter { dataset_id, status })
         .await?;
-    Ok(Json(views.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        views.into_iter().map(|v| with_waiting(&state, v)).collect(),
+    ))
 }
 
 /// Get one experiment with its progress.
@@ -81,7 +83,19 @@ pub async fn get(
     PathId(id): PathId,
 ) -> Result<Json<ExperimentOut>, ApiError> {
     let id = validate::experiment_id(&id)?;
-    Ok(Json(state.db.experiment(id).await?.into()))
+    Ok(Json(with_waiting(&state, state.db.experiment(id).await?)))
+}
+
+/// The experiment as the API shows it, with what it waits on while it runs
+/// here and waits (a used-up quota).
+fn with_waiting(state: &AppState, view: runnel_store::ExperimentView) -> ExperimentOut {
+    let running = view.status == ExperimentStatus::Running;
+    let id = view.id;
+    let mut out = ExperimentOut::from(view);
+    if running {
+        out.waiting = state.bus.waiting(id).map(Into::into);
+    }
+    out
 }
 
 /// Stop an experiment (wherever it runs). Idempotent; 409 with `Retry-After`

@@ -202,6 +202,39 @@ pub struct ExperimentOut {
     pub updated_at: DateTime<Utc>,
     /// Progress.
     pub progress: ProgressOut,
+    /// While the experiment runs but waits on something the user should see
+    /// (a used-up quota): on what and until when. Known to the replica that
+    /// runs it; `null` otherwise (the experiment log has the entry too).
+    pub waiting: Option<WaitingOut>,
+}
+
+/// What a running experiment waits on.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct WaitingOut {
+    /// `quota`: the provider said the key's quota, credit or spend cap is
+    /// used up; one probe call per interval checks whether it is back, and
+    /// the experiment goes to ERROR after `scheduler.rate_limit_give_up`.
+    pub reason: String,
+    /// The rate-limit key (`provider|scope`).
+    pub key: String,
+    /// When the provider said the quota comes back; `null`: it did not say.
+    pub until: Option<DateTime<Utc>>,
+    /// What the provider said.
+    pub message: Option<String>,
+    /// When the wait began.
+    pub since: DateTime<Utc>,
+}
+
+impl From<crate::bus::WaitingOn> for WaitingOut {
+    fn from(w: crate::bus::WaitingOn) -> Self {
+        Self {
+            reason: w.reason.to_owned(),
+            key: w.key,
+            until: w.until,
+            message: w.message,
+            since: w.since,
+        }
+    }
 }
 
 /// Query of the experiment list.
@@ -348,6 +381,7 @@ impl From<runnel_store::ExperimentView> for ExperimentOut {
             created_at: v.created_at,
             updated_at: v.updated_at,
             progress: v.progress.into(),
+            waiting: None,
         }
     }
 }

@@ -12,6 +12,7 @@ mod input;
 mod lifecycle;
 mod ops;
 mod outage;
+mod quota;
 mod replicas;
 mod resume;
 mod run;
