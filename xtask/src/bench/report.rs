@@ -146,6 +146,8 @@ pub(crate) struct Figure {
     goal: Option<Goal>,
     /// Whether the goal does not depend on the machine's speed.
     machine_independent: bool,
+    /// The goal was left out because it applies at full size only.
+    full_size_only: bool,
     samples: Vec<f64>,
     median: Option<f64>,
     min: Option<f64>,
@@ -200,6 +202,7 @@ pub(crate) fn aggregate(spec: &FigureSpec, runs: &[Run], quick: bool) -> Figure 
         unit: spec.unit,
         goal,
         machine_independent: spec.independent,
+        full_size_only: quick && spec.full_size_only,
         median,
         min: finite().reduce(f64::min),
         max: finite().reduce(f64::max),
@@ -402,6 +405,7 @@ pub(crate) fn table(reports: &[ScenarioReport]) -> String {
                 figure.median.map_or("–".into(), number),
                 range,
                 match (figure.goal, figure.machine_independent) {
+                    (None, _) if figure.full_size_only => "(full size)".into(),
                     (None, _) => "(baseline)".into(),
                     (Some(goal), false) => goal.text(),
                     // Marked: the goals `--check=independent` enforces.
