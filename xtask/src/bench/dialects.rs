@@ -333,10 +333,14 @@ pub(crate) async fn s11(ctx: &Ctx) -> Result<Run> {
         match rate_row(&ctx.sub(row.key())?, row).await {
             Ok(figures) => {
                 eprintln!(
-                    "bench: S11 {}: ratio {:.3}, 429 share {:.4}, lowest window {}, duplicates \
+                    "bench: S11 {}: ratio {}, 429 share {:.4}, lowest window {}, duplicates \
                      {} ({:.0} s)",
                     row.key(),
-                    figures.ratio,
+                    if figures.ratio.is_finite() {
+                        format!("{:.3}", figures.ratio)
+                    } else {
+                        "– (every call fits in the first window)".into()
+                    },
                     figures.share,
                     figures
                         .window
@@ -479,7 +483,13 @@ async fn rate_row(ctx: &Ctx, row: Row) -> Result<RowFigures> {
     };
     let share = stats.classes.rate_limited as f64 / stats.requests.max(1) as f64;
     Ok(RowFigures {
-        ratio: done.seconds / ideal,
+        // Every call fits in the first window (window rows at the quick
+        // size): there is no ideal to compare with.
+        ratio: if ideal > 0.0 {
+            done.seconds / ideal
+        } else {
+            f64::NAN
+        },
         share,
         window,
         duplicates: duplicates.worst().max(duplicates.database as i64),
