@@ -143,13 +143,44 @@ impl SimProcess {
 
     /// `GET /stats`, typed.
     pub(crate) async fn snapshot(&self) -> Result<runnel_sim::StatsSnapshot> {
+        Ok(self.stats().await?.0)
+    }
+
+    /// `GET /stats`: the typed snapshot, and `repeated_successes` (successful
+    /// replies to a request body already answered successfully), which
+    /// newer simulators add: `None` from one that does not report it.
+    pub(crate) async fn stats(&self) -> Result<(runnel_sim::StatsSnapshot, Option<u64>)> {
         let r = self
             .client
             .get(format!("{}/stats", self.url))
             .send()
             .await?
             .error_for_status()?;
-        Ok(r.json().await?)
+        let value: Value = r.json().await?;
+        let repeated = value.get("repeated_successes").and_then(Value::as_u64);
+        let snapshot = serde_json::from_value(value).context("the simulator's /stats")?;
+        Ok((snapshot, repeated))
+    }
+
+    /// Duplicate provider calls of everything this simulator served:
+    /// its successful replies against `results` recorded, bounded by
+    /// `bound` calls in flight at the faults (the database count is the
+    /// caller's to fill in).
+    pub(crate) async fn duplicates(
+        &self,
+        results: u64,
+        bound: u64,
+        unique_bodies: bool,
+    ) -> Result<crate::duplicates::Duplicates> {
+        let (stats, repeated_successes) = self.stats().await?;
+        Ok(crate::duplicates::Duplicates {
+            successful_calls: stats.classes.ok,
+            results,
+            database: 0,
+            repeated_successes,
+            unique_bodies,
+            bound,
+        })
     }
 
     /// `POST /admin/config` with a partial config.

@@ -3,11 +3,12 @@
 //! - `cargo xtask test [--full] [-- <cargo test args>]`: makes sure PostgreSQL
 //!   is running (starting or installing it if needed), points
 //!   `RUNNEL_TEST_POSTGRES_URL` at it, and runs the whole test suite.
-//! - `cargo xtask bench [NAME…] [--quick] [--json] [--runs N]`: runs benchmarks
-//!   (release build). Crate benchmarks: `core`, `advisor`, `call_overhead`,
-//!   `sim`, `store` (which needs PostgreSQL, started like `test` does);
-//!   end-to-end scenarios `S1` … `S10` (see `bench/mod.rs` and
-//!   BENCHMARKS.md). No names: all of them.
+//! - `cargo xtask bench [NAME…] [--quick] [--json] [--runs N] [--check[=independent]]`:
+//!   runs benchmarks (release build). Crate benchmarks: `core`, `advisor`,
+//!   `call_overhead`, `sim`, `store` (which needs PostgreSQL, started like
+//!   `test` does); end-to-end scenarios `S1` … `S11` (see `bench/mod.rs` and
+//!   BENCHMARKS.md). No names: all of them. `--check` fails the command
+//!   when a goal is missed.
 //! - `cargo xtask sim [OPTIONS]`: serves the simulated LLM provider until Ctrl-C.
 //! - `cargo xtask migrate [--database-url URL]`: applies the embedded migrations.
 //! - `cargo xtask chaos [--quick] [--seed N] [TEST…]`: the reliability and
@@ -17,6 +18,7 @@
 
 mod bench;
 mod chaos;
+mod duplicates;
 mod harness;
 mod postgres;
 
@@ -54,12 +56,12 @@ enum Cmd {
     },
     /// Run benchmarks in release mode and print their figures: crate
     /// benchmarks (core, advisor, call_overhead, sim) and end-to-end
-    /// scenarios (S1 … S10, each writing target/bench/<S>.json).
+    /// scenarios (S1 … S11, each writing target/bench/<S>.json).
     Bench {
         /// Which benchmarks (default: all).
         names: Vec<String>,
-        /// Smaller sizes and one run per scenario, for CI (checks that they
-        /// run, not the figures).
+        /// Smaller sizes and one run per scenario (checks that they run;
+        /// with --check, also their goals).
         #[arg(long)]
         quick: bool,
         /// Also print machine-readable JSON.
@@ -68,6 +70,13 @@ enum Cmd {
         /// Runs per scenario (default 3, or 1 with --quick).
         #[arg(long, value_name = "N")]
         runs: Option<usize>,
+        /// Exit non-zero when a goal is missed: `--check` (or `--check=all`)
+        /// every goal; `--check=independent` only the goals that do not
+        /// depend on the machine's speed (429 shares, calls per result,
+        /// duplicates, outcomes), as CI runs it.
+        #[arg(long, value_name = "WHICH", num_args = 0..=1, require_equals = true,
+              default_missing_value = "all")]
+        check: Option<bench::report::Check>,
     },
     /// Run the reliability and security suite (release build): replicas
     /// killed, databases restarted, providers failing, hostile input,
@@ -102,7 +111,16 @@ fn main() -> Result<()> {
             quick,
             json,
             runs,
-        } => bench(&names, quick, json, runs),
+            check,
+        } => bench(
+            &names,
+            &bench::Options {
+                quick,
+                json,
+                runs,
+                check,
+            },
+        ),
         Cmd::Sim(args) => runnel_sim::run_blocking(*args).map_err(Into::into),
         Cmd::Migrate { database_url } => migrate(&database_url),
         Cmd::Chaos { tests, quick, seed } => {
@@ -129,7 +147,8 @@ fn migrate(url: &str) -> Result<()> {
     Ok(())
 }
 
-fn bench(names: &[String], quick: bool, json: bool, runs: Option<usize>) -> Result<()> {
+fn bench(names: &[String], options: &bench::Options) -> Result<()> {
+    let (quick, json, runs) = (options.quick, options.json, options.runs);
     let mut scenarios = Vec::new();
     let mut crates = Vec::new();
     for name in names {
@@ -176,9 +195,16 @@ fn bench(names: &[String], quick: bool, json: bool, runs: Option<usize>) -> Resu
             bail!("benchmark {name} failed ({status})");
         }
     }
-    let options = bench::Options { quick, json, runs };
-    if !bench::run(&scenarios, &options)? {
+    let outcome = bench::run(&scenarios, options)?;
+    if !outcome.all_ran {
         bail!("some scenario runs failed (see above and target/bench/*.json)");
+    }
+    if !outcome.missed.is_empty() {
+        bail!(
+            "--check: {} goal(s) missed: {}",
+            outcome.missed.len(),
+            outcome.missed.join("; ")
+        );
     }
     Ok(())
 }

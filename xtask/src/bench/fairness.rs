@@ -79,7 +79,7 @@ pub(crate) async fn s5(ctx: &Ctx) -> Result<Run> {
     // (time, runs recorded per experiment, completed per experiment)
     let mut readings: Vec<(f64, Vec<u64>, Vec<bool>)> = Vec::new();
     let started = Instant::now();
-    let ideal = (n * S5_EXPERIMENTS) as f64 / S5_LIMIT;
+    let ideal = super::rate_ideal(n * S5_EXPERIMENTS, S5_LIMIT);
     let until = started + deadline(ideal);
     loop {
         let t = started.elapsed().as_secs_f64();

@@ -7,7 +7,10 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::report::{FigureSpec, Goal, Run};
-use super::{Ctx, Single, Size, Spec, all_succeeded, deadline, run_to_end, sim_config};
+use super::{
+    Ctx, SIM_BURST_S, Single, Size, Spec, all_succeeded, deadline, rate_ideal, run_to_end,
+    sim_config,
+};
 use crate::harness::{ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 /// The provider limit of S1, S2 and S10, in requests per second.
@@ -23,8 +26,9 @@ pub(crate) const S1: Spec = Spec {
         format!(
             "{} runs; simulator limit {LIMIT} req/s per key with x-ratelimit headers, burst 1 s, \
              latency 100±50 ms uniform; one server on SQLite with default settings (20 slots, \
-             openai_compatible start rate 1 req/s). Ideal = runs / limit. Completion = \
-             experiment created_at → updated_at of its COMPLETED write.",
+             openai_compatible start rate 1 req/s). Ideal = the earliest time the simulator's \
+             bucket admits every run, burst included: (runs − {LIMIT} × {SIM_BURST_S} s) / \
+             limit. Completion = experiment created_at → updated_at of its COMPLETED write.",
             RUNS.get(quick)
         )
     },
@@ -35,7 +39,8 @@ pub(crate) const S1: Spec = Spec {
             "429 share of requests",
             "ratio",
             Goal::AtMost(0.02),
-        ),
+        )
+        .independent(),
     ],
     postgres: false,
 };
@@ -56,7 +61,7 @@ async fn limited(
     )
     .await?;
     let dataset = env.api.dataset("rate", arithmetic(n)).await?;
-    let ideal = n as f64 / LIMIT;
+    let ideal = rate_ideal(n, LIMIT);
     let done = run_to_end(
         &env.api,
         &experiment_body(&dataset, "rate", "sim", None, None),
@@ -118,7 +123,8 @@ pub(crate) const S2: Spec = Spec {
             "start 10× high: 429 share",
             "ratio",
             Goal::AtMost(0.05),
-        ),
+        )
+        .independent(),
         FigureSpec::goal(
             "low_ratio",
             "start 10× low: completion ÷ ideal",
@@ -130,7 +136,8 @@ pub(crate) const S2: Spec = Spec {
             "start 10× low: 429 share",
             "ratio",
             Goal::AtMost(0.05),
-        ),
+        )
+        .independent(),
     ],
     postgres: false,
 };
@@ -163,7 +170,8 @@ pub(crate) const S10: Spec = Spec {
             "{} examples; task on simulator A, one evaluator on simulator B, each limited to \
              {LIMIT} req/s with headers, latency 100±50 ms; one server on SQLite. Figure: \
              provider calls on A and B together ÷ (runs + annotations recorded). Ideal time = \
-             examples / limit (tasks and evaluations overlap).",
+             the earliest time either simulator's bucket admits every call, burst included \
+             (tasks and evaluations overlap).",
             S10_RUNS.get(quick)
         )
     },
@@ -173,7 +181,8 @@ pub(crate) const S10: Spec = Spec {
             "calls ÷ (runs + annotations)",
             "ratio",
             Goal::AtMost(1.02),
-        ),
+        )
+        .independent(),
         FigureSpec::context("ratio", "completion ÷ ideal", "ratio"),
     ],
     postgres: false,
@@ -201,7 +210,7 @@ pub(crate) async fn s10(ctx: &Ctx) -> Result<Run> {
     let server = ServerProcess::start(&ctx.bin, &ctx.dir, "server", &toml.render(), &[]).await?;
     let api = server.api();
     let dataset = api.dataset("s10", arithmetic(n)).await?;
-    let ideal = n as f64 / LIMIT;
+    let ideal = rate_ideal(n, LIMIT);
     let done = run_to_end(
         &api,
         &experiment_body(&dataset, "s10", "task", Some("judge"), None),

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::report::{FigureSpec, Goal, Run};
 use super::{Ctx, Size, Spec, all_succeeded, sim_config, wait_end};
 use crate::chaos::db::Database;
+use crate::duplicates::Duplicates;
 use crate::harness::{Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 const S7_LIMIT: f64 = 50.0;
@@ -36,7 +37,9 @@ pub(crate) const S7: Spec = Spec {
              API) that shows more runs than the database held at the kill. Lost = runs missing \
              at completion. In flight at kill = calls the simulator had received or answered \
              just before the kill − runs in the database just after it (psql / sqlite3); \
-             duplicates = successful calls − runs.",
+             duplicate provider calls = successful calls − run rows in the database (or the \
+             simulator's repeated_successes when it reports it and it is larger); database \
+             duplicates = extra run rows of one example × repetition.",
             S7_RUNS.get(quick),
             s7_lease(quick)
         )
@@ -53,18 +56,27 @@ pub(crate) const S7: Spec = Spec {
             "SQLite restart: runs lost",
             "runs",
             Goal::AtMost(0.0),
-        ),
+        )
+        .independent(),
         FigureSpec::goal(
             "sqlite_excess",
             "SQLite restart: duplicate calls − in flight at kill",
             "calls",
             Goal::AtMost(0.0),
-        ),
+        )
+        .independent(),
         FigureSpec::context(
             "sqlite_duplicates",
             "SQLite restart: duplicate calls",
             "calls",
         ),
+        FigureSpec::goal(
+            "sqlite_db_duplicates",
+            "SQLite restart: duplicate rows in the database",
+            "rows",
+            Goal::AtMost(0.0),
+        )
+        .independent(),
         FigureSpec::goal(
             "pg_resume_s",
             "PostgreSQL takeover: s until progress resumes",
@@ -76,18 +88,27 @@ pub(crate) const S7: Spec = Spec {
             "PostgreSQL takeover: runs lost",
             "runs",
             Goal::AtMost(0.0),
-        ),
+        )
+        .independent(),
         FigureSpec::goal(
             "pg_excess",
             "PostgreSQL takeover: duplicate calls − in flight at kill",
             "calls",
             Goal::AtMost(0.0),
-        ),
+        )
+        .independent(),
         FigureSpec::context(
             "pg_duplicates",
             "PostgreSQL takeover: duplicate calls",
             "calls",
         ),
+        FigureSpec::goal(
+            "pg_db_duplicates",
+            "PostgreSQL takeover: duplicate rows in the database",
+            "rows",
+            Goal::AtMost(0.0),
+        )
+        .independent(),
     ],
     postgres: true,
 };
@@ -132,6 +153,7 @@ struct Killed {
     resume_s: f64,
     lost: u64,
     duplicates: i64,
+    database_duplicates: u64,
     in_flight: i64,
     details: Value,
 }
@@ -206,15 +228,27 @@ async fn kill_one(ctx: &Ctx, n: usize, deployment: Deployment) -> Result<Killed>
     )
     .await?;
     all_succeeded(&done, n as u64)?;
-    let after = sim.snapshot().await?;
+    let (after, repeated_successes) = sim.stats().await?;
     let sent_before = before.classes.ok + before.concurrency.current;
     let resume_s = (resumed - killed).as_secs_f64();
-    let duplicates = after.classes.ok as i64 - n as i64;
     let in_flight = sent_before as i64 - at_kill as i64;
+    let inv = Database::from_url(&url).invariants(true)?;
+    // Every run's prompt is distinct: the simulator's count of repeated
+    // bodies counts the same calls.
+    let counted = Duplicates {
+        successful_calls: after.classes.ok,
+        results: inv.runs,
+        database: inv.duplicate_runs,
+        repeated_successes,
+        unique_bodies: true,
+        bound: in_flight.max(0) as u64,
+    };
+    let duplicates = counted.worst();
     Ok(Killed {
         resume_s,
         lost: lost(&follow, &id, n).await?,
         duplicates,
+        database_duplicates: inv.duplicate_runs,
         in_flight,
         details: json!({
             "runs": n,
@@ -225,7 +259,7 @@ async fn kill_one(ctx: &Ctx, n: usize, deployment: Deployment) -> Result<Killed>
             "follower_ready_s": ready_s,
             "resume_s": resume_s,
             "in_flight_at_kill": in_flight,
-            "duplicates": duplicates,
+            "duplicates": counted.json(),
             "sim_ok_total": after.classes.ok,
             "sim_429_total": after.classes.rate_limited,
         }),
@@ -245,20 +279,28 @@ pub(crate) async fn s7(ctx: &Ctx) -> Result<Run> {
                 "sqlite_lost",
                 "sqlite_excess",
                 "sqlite_duplicates",
+                "sqlite_db_duplicates",
             ],
         ),
         (
             Deployment::Postgres,
             "pg",
-            ["pg_resume_s", "pg_lost", "pg_excess", "pg_duplicates"],
+            [
+                "pg_resume_s",
+                "pg_lost",
+                "pg_excess",
+                "pg_duplicates",
+                "pg_db_duplicates",
+            ],
         ),
     ];
-    for (deployment, name, [resume, lost, excess, duplicates]) in parts {
+    for (deployment, name, [resume, lost, excess, duplicates, db_duplicates]) in parts {
         let k = kill_one(&ctx.sub(name)?, n, deployment).await?;
         run.figure(resume, k.resume_s);
         run.figure(lost, k.lost as f64);
         run.figure(excess, (k.duplicates - k.in_flight) as f64);
         run.figure(duplicates, k.duplicates as f64);
+        run.figure(db_duplicates, k.database_duplicates as f64);
         details.insert(name.into(), k.details);
     }
     run.details = Value::Object(details);

@@ -49,6 +49,14 @@ pub(crate) struct FigureSpec {
     pub(crate) unit: &'static str,
     /// The goal the median must meet.
     pub(crate) goal: Option<Goal>,
+    /// Whether the figure does not depend on the machine's speed (a share
+    /// of 429s, calls per result, duplicates, an outcome): such goals are
+    /// checked in CI (`--check=independent`); times and ratios of times are
+    /// not, a loaded machine makes them worse.
+    pub(crate) independent: bool,
+    /// The goal applies at full size only: at `--quick` size the figure is
+    /// reported without a goal (too few runs for it to mean anything).
+    pub(crate) full_size_only: bool,
 }
 
 impl FigureSpec {
@@ -64,6 +72,24 @@ impl FigureSpec {
             label,
             unit,
             goal: Some(goal),
+            independent: false,
+            full_size_only: false,
+        }
+    }
+
+    /// The same figure with its goal applied at full size only.
+    pub(crate) const fn full_size_only(self) -> Self {
+        Self {
+            full_size_only: true,
+            ..self
+        }
+    }
+
+    /// The same figure, marked as independent of the machine's speed.
+    pub(crate) const fn independent(self) -> Self {
+        Self {
+            independent: true,
+            ..self
         }
     }
 
@@ -78,6 +104,8 @@ impl FigureSpec {
             label,
             unit,
             goal: None,
+            independent: false,
+            full_size_only: false,
         }
     }
 }
@@ -90,6 +118,9 @@ pub(crate) struct Run {
     pub(crate) figures: Vec<(&'static str, f64)>,
     /// Raw measurements.
     pub(crate) details: Value,
+    /// Parts of the run that failed while others went on (the run counts as
+    /// failed, its other figures are kept).
+    pub(crate) errors: Vec<String>,
 }
 
 impl Run {
@@ -113,12 +144,23 @@ pub(crate) struct Figure {
     label: &'static str,
     unit: &'static str,
     goal: Option<Goal>,
+    /// Whether the goal does not depend on the machine's speed.
+    machine_independent: bool,
+    /// The goal was left out because it applies at full size only.
+    full_size_only: bool,
     samples: Vec<f64>,
     median: Option<f64>,
     min: Option<f64>,
     max: Option<f64>,
     /// Whether the median meets the goal (`None` without a goal or samples).
     pub(crate) met: Option<bool>,
+}
+
+impl Figure {
+    /// Whether its goal, if it has one, is met (no sample: not met).
+    pub(crate) fn goal_met(&self) -> bool {
+        self.goal.is_none() || self.met == Some(true)
+    }
 }
 
 /// Median of `values` (the mean of the middle two for an even count).
@@ -148,22 +190,64 @@ pub(crate) fn jain(xs: &[f64]) -> f64 {
     sum * sum / (n * squares)
 }
 
-/// Aggregates the runs' values of `spec`.
-pub(crate) fn aggregate(spec: &FigureSpec, runs: &[Run]) -> Figure {
+/// Aggregates the runs' values of `spec` (at `--quick` size when `quick`).
+pub(crate) fn aggregate(spec: &FigureSpec, runs: &[Run], quick: bool) -> Figure {
     let samples: Vec<f64> = runs.iter().filter_map(|r| r.get(spec.key)).collect();
     let finite = || samples.iter().copied().filter(|v| v.is_finite());
     let median = median(&samples);
+    let goal = spec.goal.filter(|_| !(quick && spec.full_size_only));
     Figure {
         key: spec.key,
         label: spec.label,
         unit: spec.unit,
-        goal: spec.goal,
+        goal,
+        machine_independent: spec.independent,
+        full_size_only: quick && spec.full_size_only,
         median,
         min: finite().reduce(f64::min),
         max: finite().reduce(f64::max),
-        met: spec.goal.zip(median).map(|(g, m)| g.met(m)),
+        met: goal.zip(median).map(|(g, m)| g.met(m)),
         samples,
     }
+}
+
+/// Which goals `cargo xtask bench --check` enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Check {
+    /// Every goal.
+    All,
+    /// Only goals whose figures do not depend on the machine's speed
+    /// ([`FigureSpec::independent`]): what CI can check on any machine.
+    Independent,
+}
+
+impl Check {
+    /// Whether this check applies to `figure`.
+    pub(crate) fn covers(self, figure: &Figure) -> bool {
+        match self {
+            Check::All => true,
+            Check::Independent => figure.machine_independent,
+        }
+    }
+}
+
+/// The goals of `report` that `check` covers and that were missed (or have
+/// no sample), as `S1 label: median (goal)`.
+pub(crate) fn missed(report: &ScenarioReport, check: Check) -> Vec<String> {
+    report
+        .figures
+        .iter()
+        .filter(|f| check.covers(f) && !f.goal_met())
+        .map(|f| {
+            format!(
+                "{} {}: {} (goal {})",
+                report.scenario,
+                f.label,
+                f.median.map_or("no value".into(), number),
+                f.goal.map_or(String::new(), Goal::text)
+            )
+        })
+        .collect()
 }
 
 /// The machine a scenario ran on.
@@ -320,7 +404,13 @@ pub(crate) fn table(reports: &[ScenarioReport]) -> String {
                 figure.label.to_owned(),
                 figure.median.map_or("–".into(), number),
                 range,
-                figure.goal.map_or("(baseline)".into(), Goal::text),
+                match (figure.goal, figure.machine_independent) {
+                    (None, _) if figure.full_size_only => "(full size)".into(),
+                    (None, _) => "(baseline)".into(),
+                    (Some(goal), false) => goal.text(),
+                    // Marked: the goals `--check=independent` enforces.
+                    (Some(goal), true) => format!("{} ᵢ", goal.text()),
+                },
                 match figure.met {
                     Some(true) => "yes".into(),
                     Some(false) => "**no**".into(),
@@ -384,15 +474,62 @@ mod tests {
             .iter()
             .map(|v| Run {
                 figures: vec![("x", *v)],
-                details: Value::Null,
+                ..Run::default()
             })
             .collect();
-        let figure = aggregate(&spec, &runs);
+        let figure = aggregate(&spec, &runs, false);
         assert_eq!(figure.median, Some(1.04));
         assert_eq!((figure.min, figure.max), (Some(1.02), Some(1.2)));
         assert_eq!(figure.met, Some(true));
         assert!(Goal::AtLeast(2000.0).met(2000.0));
+        assert!(!Check::Independent.covers(&figure));
+        assert!(Check::All.covers(&figure));
+        let independent = aggregate(&spec.independent(), &runs, false);
+        assert!(Check::Independent.covers(&independent));
+        let long = spec.full_size_only();
+        assert_eq!(aggregate(&long, &runs, false).met, Some(true));
+        let quick = aggregate(&long, &runs, true);
+        assert_eq!(
+            (quick.goal, quick.met, quick.median),
+            (None, None, Some(1.04))
+        );
         assert!(!Goal::AtLeast(2000.0).met(1999.9));
+    }
+
+    #[test]
+    fn missed_goals_are_named_by_the_check_that_covers_them() {
+        let runs = vec![Run {
+            figures: vec![("time", 2.0), ("share", 0.5)],
+            ..Run::default()
+        }];
+        let specs = [
+            FigureSpec::goal("time", "completion ÷ ideal", "ratio", Goal::AtMost(1.05)),
+            FigureSpec::goal("share", "429 share", "ratio", Goal::AtMost(0.02)).independent(),
+            FigureSpec::goal("absent", "never filled", "ratio", Goal::AtMost(1.0)).independent(),
+            FigureSpec::context("base", "a baseline", "ratio"),
+        ];
+        let report = ScenarioReport {
+            scenario: "S0",
+            title: "test",
+            setup: String::new(),
+            quick: true,
+            runs: 1,
+            figures: specs.iter().map(|s| aggregate(s, &runs, true)).collect(),
+            details: Vec::new(),
+            errors: Vec::new(),
+            pass: false,
+            machine: Machine::now([0.0; 3]),
+        };
+        let all = missed(&report, Check::All);
+        assert_eq!(all.len(), 3, "{all:?}");
+        let independent = missed(&report, Check::Independent);
+        assert_eq!(
+            independent,
+            vec![
+                "S0 429 share: 0.500 (goal ≤ 0.02)".to_owned(),
+                "S0 never filled: no value (goal ≤ 1)".to_owned()
+            ]
+        );
     }
 
     #[test]

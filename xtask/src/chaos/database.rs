@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 
 use super::db::Database;
 use super::{Ctx, PgDb, Report};
+use crate::duplicates::FaultTally;
 use crate::harness::{Api, ServerProcess, SimProcess, arithmetic, experiment_body};
 
 /// The slowest `/readyz` answer allowed during an outage, with the store's
@@ -269,6 +270,9 @@ async fn sqlite_locked(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let (api, id) = start_experiment(&server, n).await?;
     let before = claim(&db)?;
 
+    // The calls a fault may catch in flight bound its duplicates.
+    let tally = FaultTally::new(&sim.url);
+    tally.fault().await;
     // Another process takes the write lock and keeps it.
     let mut locker = Command::new("sqlite3")
         .arg(&path)
@@ -330,6 +334,9 @@ async fn sqlite_locked(ctx: &Ctx, report: &mut Report) -> Result<()> {
     });
     let inv = db.invariants(true)?;
     report.absorb("SQLite", &inv);
+    report
+        .provider_duplicates("SQLite", &sim, &inv, tally.bound())
+        .await?;
     report.check(view["status"] == "COMPLETED", || {
         format!("SQLite: experiment ended {}", view["status"])
     });
@@ -356,6 +363,8 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let before = claim(&db)?;
     let runs_before = db.scalar("SELECT COUNT(*) FROM runs")?;
 
+    let tally = FaultTally::new(&sim.url);
+    tally.fault().await;
     let poller = Poller::start(&server.url)?;
     let stopped_wall = chrono::Local::now();
     let stopped = Instant::now();
@@ -420,6 +429,9 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     });
     let inv = db.invariants(true)?;
     report.absorb("PostgreSQL", &inv);
+    report
+        .provider_duplicates("PostgreSQL", &sim, &inv, tally.bound())
+        .await?;
     let panics = super::panicked_logs(&dir);
     report.check(panics.is_empty(), || format!("panics in {panics:?}"));
     report.provider_calls += sim.snapshot().await?.requests;

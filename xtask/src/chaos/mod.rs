@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::duplicates::Duplicates;
 use crate::harness::{self, Bin};
 
 /// One test of the suite.
@@ -133,8 +134,11 @@ pub(crate) struct Report {
     pub(crate) provider_calls: u64,
     /// Database rows read to check the invariants.
     pub(crate) rows_checked: u64,
-    /// Duplicate runs or annotations found.
+    /// Duplicate runs or annotations found in the database.
     pub(crate) duplicates: u64,
+    /// Duplicate provider calls (successful calls − results recorded), over
+    /// every simulator of the test that served experiments.
+    pub(crate) provider_duplicates: Option<Duplicates>,
     /// Example × repetition without a run, or run × evaluator without an
     /// annotation, when the test ended.
     pub(crate) losses: u64,
@@ -183,6 +187,38 @@ impl Report {
                 inv.missing_runs, inv.missing_annotations
             ));
         }
+    }
+
+    /// Counts the duplicate provider calls of `sim` against the rows `inv`
+    /// read, bounded by `bound` calls in flight at the faults (`None`: a
+    /// reading of the simulator failed, so the count is reported but not
+    /// checked).
+    pub(crate) async fn provider_duplicates(
+        &mut self,
+        what: &str,
+        sim: &harness::SimProcess,
+        inv: &db::Invariants,
+        bound: Option<u64>,
+    ) -> Result<()> {
+        let mut d = sim
+            .duplicates(inv.runs + inv.annotations, bound.unwrap_or(0), false)
+            .await?;
+        d.database = inv.duplicate_runs + inv.duplicate_annotations;
+        if bound.is_some() {
+            for v in d.violations(what) {
+                self.check(false, || v);
+            }
+        } else {
+            eprintln!(
+                "chaos:   {what}: the simulator could not be read at a fault; duplicate provider calls not checked"
+            );
+        }
+        self.figure(&format!("{what}: duplicate provider calls"), d.json());
+        match &mut self.provider_duplicates {
+            Some(total) => total.add(&d),
+            None => self.provider_duplicates = Some(d),
+        }
+        Ok(())
     }
 
     fn passed(&self, error: &Option<anyhow::Error>) -> bool {
@@ -266,20 +302,27 @@ pub(crate) fn run(options: &Options) -> Result<bool> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "\n{:<10} {:>8} {:>9} {:>9} {:>10} {:>7}  result",
-        "test", "faults", "requests", "rows", "duplicates", "losses"
+        "\n{:<10} {:>8} {:>9} {:>9} {:>10} {:>15} {:>7}  result",
+        "test", "faults", "requests", "rows", "duplicates", "provider dup.", "losses"
     );
     let mut all = true;
     for (name, r, passed, elapsed) in &rows {
         all &= passed;
         let _ = writeln!(
             table,
-            "{:<10} {:>8} {:>9} {:>9} {:>10} {:>7}  {} ({:.0} s)",
+            "{:<10} {:>8} {:>9} {:>9} {:>10} {:>15} {:>7}  {} ({:.0} s)",
             name,
             r.faults,
             r.requests,
             r.rows_checked,
             r.duplicates,
+            r.provider_duplicates
+                .as_ref()
+                .map_or("–".into(), |d| format!(
+                    "{} (≤ {})",
+                    d.provider(),
+                    d.bound
+                )),
             r.losses,
             if *passed { "PASS" } else { "FAIL" },
             elapsed.as_secs_f64()
@@ -328,7 +371,20 @@ fn print_report(
         r.requests, r.provider_calls
     );
     let _ = writeln!(out, "   rows checked:    {}", r.rows_checked);
-    let _ = writeln!(out, "   duplicates:      {}", r.duplicates);
+    let _ = writeln!(out, "   duplicates:      {} in the database", r.duplicates);
+    if let Some(d) = &r.provider_duplicates {
+        let _ = writeln!(
+            out,
+            "   provider dup.:   {} ({} successful provider calls − {} runs and annotations; \
+             bound {} = calls in flight at the faults; simulator's repeated successes: {})",
+            d.provider(),
+            d.successful_calls,
+            d.results,
+            d.bound,
+            d.repeated_successes
+                .map_or("not reported".into(), |n| n.to_string())
+        );
+    }
     let _ = writeln!(out, "   losses:          {}", r.losses);
     for (name, value) in &r.figures {
         let value = match value {
@@ -381,6 +437,7 @@ fn report_json(
         "provider_calls": r.provider_calls,
         "rows_checked": r.rows_checked,
         "duplicates": r.duplicates,
+        "provider_duplicates": r.provider_duplicates.as_ref().map(Duplicates::json),
         "losses": r.losses,
         "violations": r.violations,
         "error": error.as_ref().map(|e| format!("{e:#}")),

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::client::metric_value;
 use super::db::Database;
 use super::{Ctx, Report};
+use crate::duplicates::FaultTally;
 use crate::harness::{Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 /// The key the providers send (the simulator accepts any).
@@ -154,6 +155,10 @@ async fn outage(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let inv = db.invariants(true)?;
     report.absorb("outage", &inv);
+    // The outage caught the calls in flight when it began.
+    report
+        .provider_duplicates("outage", &sim, &inv, Some(before.concurrency.current))
+        .await?;
     report.provider_calls += sim.snapshot().await?.requests;
     let panics = super::panicked_logs(&dir);
     report.check(panics.is_empty(), || format!("panics in {panics:?}"));
@@ -179,6 +184,8 @@ async fn give_up(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let body = experiment_body(&dataset, "give-up", "task", Some("judge"), Some(4));
     let id = api.experiment(&body).await?;
     wait_runs(&api, &id, (n / 10) as u64).await?;
+    let give_up_tally = FaultTally::new(&sim.url);
+    give_up_tally.fault().await;
     sim.update(json!({"outage": {"active": true}})).await?;
     let began = Instant::now();
     report.fault("provider outage longer than breaker_give_up", 1);
@@ -219,6 +226,9 @@ async fn give_up(ctx: &Ctx, report: &mut Report) -> Result<()> {
     report.requests += 6 + conflicts;
     let inv = db.invariants(true)?;
     report.absorb("give-up", &inv);
+    report
+        .provider_duplicates("give-up", &sim, &inv, give_up_tally.bound())
+        .await?;
     report.provider_calls += sim.snapshot().await?.requests;
     let panics = super::panicked_logs(&dir);
     report.check(panics.is_empty(), || format!("panics in {panics:?}"));
@@ -311,6 +321,11 @@ async fn storms(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let inv = db.invariants(false)?;
     report.absorb("storms", &inv);
+    // Every fault of a storm is a reply that failed, not a call whose
+    // result could be lost: no duplicate is allowed.
+    report
+        .provider_duplicates("storms", &sim, &inv, Some(0))
+        .await?;
     report.check(server.is_running(), || "storms: the server exited".into());
     let panics = super::panicked_logs(&dir);
     report.check(panics.is_empty(), || format!("panics in {panics:?}"));

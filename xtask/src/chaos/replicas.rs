@@ -35,6 +35,7 @@ use super::client::{
 use super::db::Database;
 use super::rng::Rng;
 use super::{Ctx, PgDb, Report};
+use crate::duplicates::FaultTally;
 use crate::harness::{Api, ServerProcess, SimProcess, arithmetic, experiment_body};
 
 /// Number of replicas.
@@ -361,10 +362,15 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let extras: Arc<Mutex<BTreeMap<usize, usize>>> = Arc::default();
     let attach_counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
+    // Each kill, freeze and stop may leave calls in flight whose results
+    // come back too late: the bound of the duplicate provider calls.
+    let tally = FaultTally::new(&sim.url);
+
     // Clients.
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let client = client.clone();
+        let tally = tally.clone();
         let ids = ids.clone();
         let extras = extras.clone();
         let counter = attach_counter.clone();
@@ -376,14 +382,14 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 let id = &ids[e];
                 let roll = rng.below(100);
                 if roll < 35 {
-                    client
-                        .send(
+                    tally
+                        .stop(client.send(
                             target,
                             "stop",
                             Method::POST,
                             &format!("/v1/experiments/{id}/stop"),
                             None,
-                        )
+                        ))
                         .await;
                 } else if roll < 70 {
                     client
@@ -482,6 +488,7 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         tokio::time::sleep(wait).await;
         let r = rng.index(REPLICAS);
         scrape(&http, &bases[r], r, &timeline).await;
+        tally.fault().await;
         let at = Instant::now();
         if rng.chance(0.3) {
             // Freeze it (SIGSTOP) past the lease, so the others take its
@@ -624,6 +631,14 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // Exactly once, read from the database.
     let inv = db.invariants(true)?;
     report.absorb("final state", &inv);
+    report
+        .provider_duplicates(
+            &format!("{} kills, freezes and stops", tally.faults()),
+            &sim,
+            &inv,
+            tally.bound(),
+        )
+        .await?;
     report.check(inv.stray_runs == 0, || {
         format!("{} stray runs", inv.stray_runs)
     });

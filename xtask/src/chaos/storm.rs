@@ -31,6 +31,7 @@ use super::db::Database;
 use super::replicas::{AUDIT_SQL, Timeline, audit, replica_id};
 use super::rng::Rng;
 use super::{Ctx, PgDb, Report};
+use crate::duplicates::FaultTally;
 use crate::harness::{Api, ServerProcess, SimProcess, arithmetic, experiment_body};
 
 const REPLICAS: usize = 3;
@@ -110,10 +111,14 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // The storm: every call spawned at once.
     let client = Client::new(bases.clone());
     let ids = Arc::new(ids);
+    // Each stop and the kill may leave calls in flight whose results come
+    // back too late: the bound of the duplicate provider calls.
+    let tally = FaultTally::new(&sim.url);
     let started = Instant::now();
     let mut calls = Vec::new();
     for _ in 0..CALLS {
         let client = client.clone();
+        let tally = tally.clone();
         let target = rng.index(REPLICAS);
         let id = ids[rng.index(EXPERIMENTS)].clone();
         // Resumes a little more often than stops, so some experiments end
@@ -126,7 +131,12 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let at = Duration::from_millis(rng.below(SPREAD.as_millis() as u64));
         calls.push(tokio::spawn(async move {
             tokio::time::sleep(at).await;
-            client.send(target, what, Method::POST, &path, None).await
+            if what != "stop" {
+                return client.send(target, what, Method::POST, &path, None).await;
+            }
+            tally
+                .stop(client.send(target, what, Method::POST, &path, None))
+                .await
         }));
     }
     // Kill the last replica once two thirds of the answers are in.
@@ -141,6 +151,7 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     if let Ok(mut t) = timeline.lock() {
         t.killed(victim, killed_at);
     }
+    tally.fault().await;
     servers[victim].kill9();
     report.fault("kill -9 mid-storm", 1);
     for c in calls {
@@ -303,6 +314,14 @@ pub(super) async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     super::final_resume(&apis, &ids, report).await;
     let inv = db.invariants(true)?;
     report.absorb("final state", &inv);
+    report
+        .provider_duplicates(
+            &format!("{} stops answered 200 and 1 kill", tally.faults() - 1),
+            &sim,
+            &inv,
+            tally.bound(),
+        )
+        .await?;
     audit(&db)?.report(report);
     report.provider_calls = sim.snapshot().await?.requests;
     let panics = super::panicked_logs(&ctx.dir);
