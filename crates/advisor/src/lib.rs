@@ -71,4 +71,4 @@ pub use bucket::TokenBucket;
 pub use config::{AdvisorConfig, KindDefault, ProviderLimits, ResolvedLimits};
 pub use error::AdvisorError;
 pub use key::{Counters, KeyMetrics, KeySnapshot, KeyState, LearnedFrom, Recorded};
-pub use learn::{Learned, Learning, RateController, Source};
+pub use learn::{Learned, Learning, RateController, Refill, Source};

@@ -364,7 +364,11 @@ fn snapshots_restore_learned_rates_and_open_breakers() {
             OutcomeClass::Success,
             RateLimitHeaders {
                 requests_limit: Some(600),
+                requests_remaining: Some(599),
+                requests_reset: Some(ms(100)),
                 tokens_limit: Some(60_000),
+                tokens_remaining: Some(59_000),
+                tokens_reset: Some(secs(1)),
                 ..RateLimitHeaders::default()
             },
         ),

@@ -435,7 +435,10 @@ mod tests {
                 LimitScope::Requests,
             ),
             ("", LimitScope::Unknown),
-            (r#"{"error":{"message":"Too many requests"}}"#, LimitScope::Unknown),
+            (
+                r#"{"error":{"message":"Too many requests"}}"#,
+                LimitScope::Unknown,
+            ),
         ];
         for (body, scope) in cases {
             let fault = status(429, body);
@@ -449,7 +452,10 @@ mod tests {
             "rate limit: 6000 tokens per minute".into(),
             OutcomeClass::Transient,
         );
-        assert_eq!((f.class, f.scope), (OutcomeClass::RateLimited, LimitScope::Tokens));
+        assert_eq!(
+            (f.class, f.scope),
+            (OutcomeClass::RateLimited, LimitScope::Tokens)
+        );
     }
 
     proptest::proptest! {
