@@ -80,6 +80,11 @@ pub struct AdvisorConfig {
     /// (`(limit − remaining) / reset`, as a ratio of decayed sums), so one
     /// reply's rounding does not decide. Default 8.
     pub header_samples: f64,
+    /// A rate that carried this many successes in a row without a 429 is
+    /// taken to be below the limit: after a 429 the last good rate is at
+    /// least the highest such rate (at low rates a few seconds of successes
+    /// measure too little). Default 3.
+    pub ok_streak: u32,
     /// The last good rate is set this fraction below what a 429 measured, so
     /// the next 429 is some probing away. Default 0.03.
     pub margin: f64,
@@ -90,6 +95,10 @@ pub struct AdvisorConfig {
     /// last 429 came (the last good rate may be measured too low), as a
     /// fraction of the rate. Default 0.3.
     pub approach: f64,
+    /// ... but per success at most half the way there, or this fraction if
+    /// that is more, so that at low rates the rate nears the last 429 in a
+    /// few calls and passes the limit by little. Default 0.03.
+    pub approach_per_success: f64,
     /// Above a known limit, one success adds at most this fraction of the
     /// rate, so at low rates a probe takes many requests and 429s stay rare.
     /// Default 0.001.
@@ -137,9 +146,11 @@ impl Default for AdvisorConfig {
             header_low: Duration::from_millis(500),
             header_low_fraction: 0.1,
             header_samples: 8.0,
+            ok_streak: 3,
             margin: 0.03,
             confirm: 0.1,
             approach: 0.3,
+            approach_per_success: 0.03,
             probe_per_success: 0.001,
             probe_floor: 64.0,
             probe_doubling: Duration::from_secs(30),
@@ -340,6 +351,11 @@ impl AdvisorConfig {
         if !(self.approach.is_finite() && (0.0..=10.0).contains(&self.approach)) {
             return bad("approach", "must be between 0 and 10");
         }
+        if !(self.approach_per_success.is_finite()
+            && (0.0..=10.0).contains(&self.approach_per_success))
+        {
+            return bad("approach_per_success", "must be between 0 and 10");
+        }
         if !(self.probe_per_success.is_finite() && (0.0..=1.0).contains(&self.probe_per_success)) {
             return bad("probe_per_success", "must be between 0 and 1");
         }
@@ -354,6 +370,9 @@ impl AdvisorConfig {
         }
         if !(self.goodput_samples.is_finite() && (1.0..=10_000.0).contains(&self.goodput_samples)) {
             return bad("goodput_samples", "must be between 1 and 10000");
+        }
+        if self.ok_streak == 0 {
+            return bad("ok_streak", "must be at least 1");
         }
         if !(self.header_samples.is_finite() && (1.0..=10_000.0).contains(&self.header_samples)) {
             return bad("header_samples", "must be between 1 and 10000");

@@ -108,6 +108,11 @@ struct Dimension {
     refill: Refill,
     /// The last reply's headers said this dimension is running out.
     low: bool,
+    /// The last reply's headers said nothing is left, without a reset (a
+    /// fixed window that will refuse everything until it ends).
+    exhausted: bool,
+    /// The rate was cut since the last success.
+    cut_since_success: bool,
     /// Permits granted before the last decrease. Outcomes are numbered in the
     /// order they are recorded; a 429 numbered above this mark (once a call
     /// was permitted after the decrease) is taken to come from a call the
@@ -134,6 +139,8 @@ impl Dimension {
             control,
             refill: Refill::default(),
             low: false,
+            exhausted: false,
+            cut_since_success: false,
             decrease_mark: None,
         }
     }
@@ -155,7 +162,14 @@ impl Dimension {
 
     /// Takes one reply's headers for this dimension. Returns whether the
     /// rate changed.
-    fn observe(&mut self, view: HeaderView, learning: &Learning, now: Instant) -> bool {
+    /// `rate_limited`: the reply is a 429, which cuts the rate itself.
+    fn observe(
+        &mut self,
+        view: HeaderView,
+        rate_limited: bool,
+        learning: &Learning,
+        now: Instant,
+    ) -> bool {
         self.refill.observe(
             view.limit,
             view.remaining,
@@ -165,6 +179,7 @@ impl Dimension {
         );
         let refill = self.refill.rate();
         let mut changed = false;
+        self.exhausted = view.remaining == Some(0) && view.reset.is_none();
         if let Some(remaining) = view.remaining {
             // Running out: less left than `header_low` of the current rate,
             // and (when the limit is stated) than a fraction of it.
@@ -174,8 +189,15 @@ impl Dimension {
             }
             self.low = (remaining as f64) < threshold || remaining == 0;
             self.bucket.cap_available(remaining, now);
-            if self.low {
-                changed |= self.control.on_running_low(now, refill);
+            if self.low && !rate_limited {
+                if refill.is_some() || remaining == 0 {
+                    changed |= self.control.on_running_low(now, refill);
+                } else {
+                    // Running low, but nothing says how fast it refills (a
+                    // fixed window near its end looks the same): stop
+                    // growing, and let nothing left or a 429 say more.
+                    self.control.hold();
+                }
             }
         }
         if !self.low
@@ -429,7 +451,7 @@ impl KeyState {
         effect.breaker = self.breaker.record(obs.class, now);
         self.usage.record(obs.tokens_reserved, obs.tokens_used);
         if let Some(h) = &obs.headers {
-            self.apply_headers(h, now);
+            self.apply_headers(h, obs.class == OutcomeClass::RateLimited, now);
         }
         let charged = obs
             .tokens_reserved
@@ -458,17 +480,26 @@ impl KeyState {
                     self.requests.as_mut()
                 };
                 let mut decreased_to = None;
+                let mut wait_out = false;
                 if let Some(d) = dim {
-                    let fresh = d
-                        .decrease_mark
-                        .is_some_and(|mark| permits > mark && outcomes > mark);
+                    // A window that says it is empty refuses every call until
+                    // it ends, whatever the rate: one cut, then wait.
+                    wait_out = d.exhausted;
+                    let fresh = !d.exhausted
+                        && d.decrease_mark
+                            .is_some_and(|mark| permits > mark && outcomes > mark);
                     let refill = d.refill.rate();
-                    if d.control.on_rate_limited(now, fresh, refill) {
+                    let cut_already = d.exhausted && d.cut_since_success;
+                    if !cut_already && d.control.on_rate_limited(now, fresh, refill) {
+                        d.cut_since_success = true;
                         d.decrease_mark = Some(permits);
                         d.sync(bs, now, true);
                         d.bucket.drain(now);
                         decreased_to = Some(d.control.rate());
                     }
+                }
+                if wait_out {
+                    self.pause(now, self.learning.decrease_window);
                 }
                 if !tokens_bind && decreased_to.is_some() {
                     self.counters.decreases += 1;
@@ -483,16 +514,17 @@ impl KeyState {
             }
             OutcomeClass::Success => {
                 let bs = self.burst_seconds;
-                if let Some(d) = &mut self.requests
-                    && d.control.on_success(now, 1.0)
-                {
-                    d.sync(bs, now, false);
+                if let Some(d) = &mut self.requests {
+                    d.cut_since_success = false;
+                    if d.control.on_success(now, 1.0) {
+                        d.sync(bs, now, false);
+                    }
                 }
-                if let Some(d) = &mut self.tokens
-                    && charged > 0.0
-                    && d.control.on_success(now, charged)
-                {
-                    d.sync(bs, now, false);
+                if let Some(d) = &mut self.tokens {
+                    d.cut_since_success = false;
+                    if charged > 0.0 && d.control.on_success(now, charged) {
+                        d.sync(bs, now, false);
+                    }
                 }
             }
             OutcomeClass::Transient | OutcomeClass::Permanent => {}
@@ -509,26 +541,29 @@ impl KeyState {
         effect
     }
 
-    fn apply_headers(&mut self, h: &RateLimitHeaders, now: Instant) {
+    fn apply_headers(&mut self, h: &RateLimitHeaders, rate_limited: bool, now: Instant) {
         let bs = self.burst_seconds;
         let learning = self.learning;
         let requests = HeaderView::requests(h);
         if !requests.is_empty()
             && let Some(d) = &mut self.requests
-            && d.observe(requests, &learning, now)
+            && d.observe(requests, rate_limited, &learning, now)
         {
             d.sync(bs, now, true);
         }
         if h.requests_remaining == Some(0)
             && let Some(reset) = h.requests_reset
         {
-            self.pause(now, reset);
+            self.pause(
+                now,
+                until_one_is_back(reset, h.requests_limit, h.requests_window, 1),
+            );
         }
         let tokens = HeaderView::tokens(h);
         if !tokens.is_empty() && self.requests.is_some() {
             let initial = self.token_send_rate();
             if let Some(d) = self.tokens_at(initial, now)
-                && d.observe(tokens, &learning, now)
+                && d.observe(tokens, rate_limited, &learning, now)
             {
                 d.sync(bs, now, true);
             }
@@ -541,7 +576,12 @@ impl KeyState {
         if h.tokens_remaining == Some(0)
             && let Some(reset) = h.tokens_reset
         {
-            self.pause(now, reset);
+            // Saturating float-to-int conversion.
+            let per_call = self.usage.per_call.max(1.0) as u64;
+            self.pause(
+                now,
+                until_one_is_back(reset, h.tokens_limit, h.tokens_window, per_call),
+            );
         }
     }
 
@@ -649,6 +689,29 @@ impl KeyState {
             self.pause(now, Duration::from_millis(snap.paused_for_ms));
         }
         self.breaker.restore(&snap.breaker, snap.trips, now);
+    }
+}
+
+/// How long to pause when the provider says nothing is left and that the
+/// limit is full again after `reset`. OpenAI's and Anthropic's resets are
+/// the time until a continuously refilled limit is full, so one call's
+/// worth (`need` of `limit`) is back after `reset · need / limit`; pausing
+/// for the whole reset would leave a one-second bucket idle most of the
+/// time. A name that states its window (`-requests-day`) counts a fixed
+/// window, and without a limit nothing says how fast it refills: then the
+/// whole reset.
+fn until_one_is_back(
+    reset: Duration,
+    limit: Option<u64>,
+    window: Option<Duration>,
+    need: u64,
+) -> Duration {
+    match (limit, window) {
+        (Some(limit), None) if limit > 0 => {
+            let share = (need.max(1) as f64 / limit as f64).min(1.0);
+            reset.mul_f64(share)
+        }
+        _ => reset,
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Learning {
     pub margin: f64,
     pub confirm: f64,
     pub approach: f64,
+    pub approach_per_success: f64,
     pub probe_per_success: f64,
     pub probe_floor: f64,
     pub probe_doubling: Duration,
@@ -65,6 +66,7 @@ pub struct Learning {
     pub header_low: Duration,
     pub header_low_fraction: f64,
     pub header_samples: f64,
+    pub ok_streak: u32,
 }
 
 impl Learning {
@@ -82,6 +84,7 @@ impl Learning {
             margin: config.margin,
             confirm: config.confirm,
             approach: config.approach,
+            approach_per_success: config.approach_per_success,
             probe_per_success: config.probe_per_success,
             probe_floor: config.probe_floor,
             probe_doubling: config.probe_doubling,
@@ -90,6 +93,7 @@ impl Learning {
             header_low: config.header_low,
             header_low_fraction: config.header_low_fraction,
             header_samples: config.header_samples,
+            ok_streak: config.ok_streak,
         }
     }
 }
@@ -206,6 +210,12 @@ pub struct RateController {
     probe: f64,
     /// The rate that drew the last 429.
     bad: Option<f64>,
+    /// The highest rate that carried `ok_streak` successes in a row.
+    ok: Option<f64>,
+    /// Successes since the last 429.
+    streak: u32,
+    /// The lowest rate during the streak.
+    streak_rate: f64,
     goodput: Goodput,
 }
 
@@ -239,6 +249,9 @@ impl RateController {
             saturated: false,
             probe: learning.additive_step,
             bad: None,
+            ok: None,
+            streak: 0,
+            streak_rate: rate,
             goodput: Goodput::new(now),
         }
     }
@@ -276,12 +289,30 @@ impl RateController {
         self.saturated = true;
     }
 
+    /// The provider's headers say it is running low: the next success does
+    /// not grow the rate.
+    pub fn hold(&mut self) {
+        self.saturated = false;
+    }
+
     /// A permitted call succeeded, having used `amount` of this dimension (1
     /// for requests). Returns whether the rate changed.
     pub fn on_success(&mut self, now: Instant, amount: f64) -> bool {
         let l = self.learning;
         self.goodput
             .record(now, amount, self.good.max(self.rate), &l);
+        // The streak's rate is the lowest it had: the rate may have grown
+        // since its first calls were sent.
+        self.streak_rate = if self.streak == 0 {
+            self.rate
+        } else {
+            self.streak_rate.min(self.rate)
+        };
+        self.streak = self.streak.saturating_add(1);
+        if self.streak >= l.ok_streak {
+            let carried = self.streak_rate;
+            self.ok = Some(self.ok.map_or(carried, |ok| ok.max(carried)));
+        }
         let since = match self.last_growth {
             Some(t) => now.saturating_duration_since(t).as_secs_f64(),
             None => 0.0,
@@ -315,7 +346,13 @@ impl RateController {
                 let near = self.bad.map_or(0.0, |b| b * (1.0 - 2.0 * l.margin));
                 if self.rate < near {
                     // Well below where the last 429 came: approach it fast.
-                    self.rate = (self.rate * (1.0 + l.approach * dt)).min(near);
+                    // Per success at most half the way there, or
+                    // `approach_per_success` if that is more, so that at
+                    // low rates the rate nears the last 429 in a few calls
+                    // and passes the limit by little.
+                    let half_way = 0.5 * (near / self.rate - 1.0);
+                    let step = (l.approach * dt).min(l.approach_per_success.max(half_way));
+                    self.rate = (self.rate * (1.0 + step)).min(near);
                 } else {
                     // Near or above it: probe gently.
                     let since = self
@@ -339,10 +376,16 @@ impl RateController {
     /// 429s of calls sent before the cut (a burst of them is one overshoot),
     /// and again at once for a fresh one (the cut was not enough).
     pub fn on_rate_limited(&mut self, now: Instant, fresh: bool, refill: Option<f64>) -> bool {
+        self.streak = 0;
         if !fresh && self.within_decrease_window(now) {
             return false;
         }
         let r0 = self.rate;
+        if self.ok.is_some_and(|ok| ok >= r0) {
+            // Refused at a rate that carried successes before: the limit
+            // moved (or is shared now); what was ok is not evidence any more.
+            self.ok = None;
+        }
         let hinted = self.reestimate(r0, refill, now);
         // The provider's bucket is empty: cut below what it refills, so it
         // can recover — unless the headers say what it refills, which is
@@ -380,6 +423,11 @@ impl RateController {
                 }
                 self.rate = target;
                 self.good = self.good.min(target);
+                // Where it ran low is where probing resumes carefully.
+                self.bad = Some(r0);
+                if self.source == Source::Unknown {
+                    self.source = Source::Headers;
+                }
             }
             None => {
                 let _ = self.reestimate(r0, None, now);
@@ -468,9 +516,18 @@ impl RateController {
             }
         }
         self.good = clamp_rate(self.good, self.min(), self.max_rate);
+        // A rate that carried `ok_streak` successes in a row without a 429
+        // is below the limit: at low rates, where a few seconds of
+        // successes measure little, it is the better estimate.
+        if !used_hint && let Some(ok) = self.ok.filter(|&ok| ok < r0) {
+            let below = ok * (1.0 - l.margin);
+            self.good = clamp_rate(self.good.max(below), self.min(), self.max_rate);
+        }
         let agrees = self.bad.is_some_and(|b| (r0 - b).abs() <= l.confirm * b);
         if agrees {
-            // The limit is where it was: probe more gently, so 429s grow rarer.
+            // The limit is where it was: probe more gently, so 429s grow
+            // rarer, and trust it more than a few seconds of successes (at
+            // low rates those span the cuts after the last 429s).
             self.probe = (self.probe * 0.5).max(l.additive_step / l.probe_floor);
             self.source = Source::Confirmed;
         } else {

@@ -56,6 +56,20 @@ fn worst(provider: Provider, start: f64, from: usize, window: usize) -> (f64, f6
 /// every `window` after `from` seconds reaches `fraction` of the binding
 /// limit and at most `max_429` of the calls after `from` are rate limited.
 fn check(name: &str, provider: Provider, from: usize, window: usize, fraction: f64, max_429: f64) {
+    if let Err(failure) = try_check(name, provider, from, window, fraction, max_429) {
+        panic!("{failure}");
+    }
+}
+
+/// [`check`], returning the failure (with the worst run's table) instead.
+fn try_check(
+    name: &str,
+    provider: Provider,
+    from: usize,
+    window: usize,
+    fraction: f64,
+    max_429: f64,
+) -> Result<(), String> {
     for start in [0.1, 10.0] {
         let (rate, rejected, trace) = worst(provider, start, from, window);
         let case = format!(
@@ -65,9 +79,11 @@ fn check(name: &str, provider: Provider, from: usize, window: usize, fraction: f
             rejected * 100.0
         );
         eprintln!("{case}");
-        assert!(rate >= fraction, "{case}\n{}", trace.table());
-        assert!(rejected <= max_429, "{case}\n{}", trace.table());
+        if rate < fraction || rejected > max_429 {
+            return Err(format!("{case}\n{}", trace.table()));
+        }
     }
+    Ok(())
 }
 
 /// 429 shares allowed: when headers report the binding limit, and when
@@ -157,6 +173,19 @@ fn rfc3339_resets_in_whole_seconds() {
 }
 
 #[test]
+fn bucket_capacity_with_time_to_full_reset() {
+    // The server: `limit` is the capacity of a bucket that refills in
+    // about a second, `remaining` near the limit the whole time.
+    for limit in [5.0, 20.0, 200.0] {
+        let provider = Provider {
+            report: Report::Full,
+            ..Provider::new(limit)
+        };
+        check("bucket capacity", provider, 30, 10, 0.9, WITH_HEADERS);
+    }
+}
+
+#[test]
 fn per_day_request_header_with_an_unannounced_per_minute_limit() {
     // Groq: the request headers count a day; the per-minute limit that binds
     // has no header at all, so it is learned from 429s.
@@ -172,13 +201,18 @@ fn per_day_request_header_with_an_unannounced_per_minute_limit() {
 }
 
 #[test]
-fn fixed_windows_without_headers() {
+fn fixed_and_sliding_windows_without_headers() {
     for limit in [20.0, 200.0] {
         let fixed = Provider {
             enforce: Enforce::Fixed { window: 1.0 },
             ..Provider::new(limit)
         };
         check("fixed 1 s windows", fixed, 30, 10, 0.9, WITHOUT_HEADERS);
+        let sliding = Provider {
+            enforce: Enforce::Sliding { window: 1.0 },
+            ..Provider::new(limit)
+        };
+        check("sliding 1 s windows", sliding, 30, 10, 0.9, WITHOUT_HEADERS);
     }
 }
 
@@ -236,93 +270,119 @@ fn a_hidden_client_using_30_percent_of_the_limit() {
             0.9,
             WITH_HEADERS,
         );
-    }
-}
-
-/// Not met yet (run with `--ignored` to print the figures; see the module
-/// docs of `learn.rs`): low limits of the header dialects (at two to five
-/// requests per second a 10-second window holds 20 to 50 calls, and one 429
-/// with the cut after it costs more than a tenth of one), a bucket whose
-/// capacity is one second (too many 429s while probing), remaining-only
-/// fixed windows started too high, a sliding 10-second window, a hidden
-/// client behind bucket headers, and the 1–2 requests per second case
-/// without headers within 20 s.
-#[test]
-#[ignore = "dialects whose goals are not met yet; figures in the report"]
-fn dialects_not_met_yet() {
-    for limit in [1.0, 2.0] {
-        check(
-            "no headers, low limit",
-            Provider::new(limit),
-            20,
-            20,
-            0.85,
-            WITHOUT_HEADERS,
-        );
-    }
-    for limit in [5.0, 20.0, 200.0] {
-        let bucket = Provider {
-            report: Report::Full,
-            ..Provider::new(limit)
-        };
-        check("bucket capacity", bucket, 30, 10, 0.9, WITH_HEADERS);
-        let remaining = Provider {
-            enforce: Enforce::Fixed { window: 10.0 },
-            report: Report::RemainingOnly,
-            ..Provider::new(limit)
-        };
-        check(
-            "remaining only, 10 s windows",
-            remaining,
-            30,
-            10,
-            0.9,
-            WITH_HEADERS,
-        );
-        let sliding = Provider {
-            enforce: Enforce::Sliding { window: 10.0 },
-            ..Provider::new(limit)
-        };
-        check(
-            "sliding 10 s windows",
-            sliding,
-            30,
-            10,
-            0.9,
-            WITHOUT_HEADERS,
-        );
-        let hidden = Provider {
+        let provider = Provider {
             hidden: 0.3,
             report: Report::Full,
             ..Provider::new(limit)
         };
         check(
             "hidden client, bucket headers",
-            hidden,
+            provider,
             30,
             10,
             0.9,
             WITH_HEADERS,
         );
     }
+}
+
+/// Not met yet (run with `--ignored` to print the figures): low limits
+/// of the header dialects (at two to five requests per second a 10-second
+/// window holds 20 to 50 calls, and one 429 with the cut after it costs
+/// more than a tenth of one), remaining-only headers over fixed 10-second
+/// windows (nothing says when the window ends, so the rate overshoots and
+/// the window runs dry before its end), a sliding 10-second window without
+/// headers (a start too high is refused for ten seconds and the rate is
+/// cut to the floor), and the 1–2 requests per second case without headers
+/// within 20 s.
+#[test]
+#[ignore = "dialects whose goals are not met yet; figures in the report"]
+fn dialects_not_met_yet() {
+    let mut failures = Vec::new();
+    for limit in [1.0, 2.0] {
+        failures.extend(
+            try_check(
+                "no headers, low limit",
+                Provider::new(limit),
+                20,
+                20,
+                0.85,
+                WITHOUT_HEADERS,
+            )
+            .err(),
+        );
+    }
+    for limit in [5.0, 20.0, 200.0] {
+        let remaining = Provider {
+            enforce: Enforce::Fixed { window: 10.0 },
+            report: Report::RemainingOnly,
+            ..Provider::new(limit)
+        };
+        failures.extend(
+            try_check(
+                "remaining only, 10 s windows",
+                remaining,
+                30,
+                10,
+                0.9,
+                WITH_HEADERS,
+            )
+            .err(),
+        );
+        let sliding = Provider {
+            enforce: Enforce::Sliding { window: 10.0 },
+            ..Provider::new(limit)
+        };
+        failures.extend(
+            try_check(
+                "sliding 10 s windows",
+                sliding,
+                30,
+                10,
+                0.9,
+                WITHOUT_HEADERS,
+            )
+            .err(),
+        );
+        let hidden = Provider {
+            hidden: 0.3,
+            report: Report::Full,
+            ..Provider::new(limit)
+        };
+        failures.extend(
+            try_check(
+                "hidden client, bucket headers",
+                hidden,
+                30,
+                10,
+                0.9,
+                WITH_HEADERS,
+            )
+            .err(),
+        );
+    }
     for limit in [2.0, 5.0] {
-        check(
-            "per-minute headers",
-            per_minute_headers(limit),
-            30,
-            10,
-            0.9,
-            WITH_HEADERS,
+        failures.extend(
+            try_check(
+                "per-minute headers",
+                per_minute_headers(limit),
+                30,
+                10,
+                0.9,
+                WITH_HEADERS,
+            )
+            .err(),
         );
         let fixed = Provider {
             enforce: Enforce::Fixed { window: 1.0 },
             ..Provider::new(limit)
         };
-        check("fixed 1 s windows", fixed, 30, 10, 0.9, WITHOUT_HEADERS);
+        failures.extend(try_check("fixed 1 s windows", fixed, 30, 10, 0.9, WITHOUT_HEADERS).err());
         let hidden = Provider {
             hidden: 0.3,
             ..per_minute_headers(limit)
         };
-        check("hidden client", hidden, 30, 10, 0.9, WITH_HEADERS);
+        failures.extend(try_check("hidden client", hidden, 30, 10, 0.9, WITH_HEADERS).err());
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
