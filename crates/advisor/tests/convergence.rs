@@ -160,6 +160,35 @@ fn per_minute_headers_with_per_second_enforcement() {
 }
 
 #[test]
+fn headers_that_derive_the_refill_rate_settle_within_2_seconds() {
+    // The hint jumps the rate up at the first reply, whatever the start:
+    // every 10-s window from the second second on.
+    for limit in [5.0, 20.0, 200.0] {
+        let window = 10;
+        let bucket = Provider {
+            report: Report::Full,
+            ..Provider::new(limit)
+        };
+        check(
+            "per-minute headers, fast",
+            per_minute_headers(limit),
+            2,
+            window,
+            0.9,
+            WITH_HEADERS,
+        );
+        check(
+            "bucket capacity, fast",
+            bucket,
+            2,
+            window,
+            0.9,
+            WITH_HEADERS,
+        );
+    }
+}
+
+#[test]
 fn rfc3339_resets_in_whole_seconds() {
     // Anthropic: the reset is a timestamp (whole seconds) of full
     // replenishment; by the time it reaches the advisor it is a duration.
