@@ -563,3 +563,31 @@ fn the_config_reads_from_toml_like_data_and_names_bad_keys() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_learned_rate_can_be_read_and_a_rate_adopted_from_outside() {
+    let advisor = with(&[(
+        "p",
+        ProviderLimits {
+            rpm: Some(600),
+            ..ProviderLimits::default()
+        },
+    )]);
+    let key = RateKey::new("p", "m");
+    let t0 = Instant::now();
+    assert_eq!(advisor.learned_rate(&key), None, "not used yet");
+    // A replica's share of a budget: 2 requests per second.
+    advisor.adopt_rate(&key, 2.0, t0);
+    let learned = advisor.learned_rate(&key).unwrap();
+    assert_eq!((learned.rate, learned.good), (2.0, 2.0));
+    // Ten seconds at 2/s, plus the burst of one second.
+    assert_eq!(permits_over(&advisor, &key, t0, secs(10)), 21);
+    // Never above the explicit limit (600 RPM, a little under 10/s).
+    advisor.adopt_rate(&key, 1000.0, t0 + secs(10));
+    assert!(advisor.learned_rate(&key).unwrap().rate <= 10.0);
+    // An unlimited key has nothing to read or adopt.
+    let local = with(&[("o", kind(ProviderKind::Local))]);
+    let llama = RateKey::new("o", "llama");
+    local.adopt_rate(&llama, 2.0, t0);
+    assert_eq!(local.learned_rate(&llama), None);
+}
