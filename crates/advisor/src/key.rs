@@ -200,7 +200,17 @@ impl Dimension {
                 }
             }
         }
+        // Jump up only while the limit is at least half full: a deficit the
+        // rate being sent cannot explain means the limit and `remaining`
+        // count different windows (`runnel sim` reports a per-minute limit
+        // with its per-second bucket's remaining), and the derived rate is
+        // no hint then.
+        let healthy = match (view.limit, view.remaining) {
+            (Some(limit), Some(remaining)) => remaining.saturating_mul(2) >= limit,
+            _ => true,
+        };
         if !self.low
+            && healthy
             && let Some(refill) = refill
         {
             changed |= self.control.on_headroom(refill, now);

@@ -189,6 +189,22 @@ fn headers_that_derive_the_refill_rate_settle_within_2_seconds() {
 }
 
 #[test]
+fn a_per_minute_limit_over_the_remaining_of_a_per_second_bucket() {
+    // `runnel sim` with `rps` and headers: `limit` is per minute, while
+    // `remaining` and `reset` are those of the one-second bucket that
+    // enforces it. The deficit is then mostly the ratio of the two windows,
+    // not use: it must not be read as a refill rate sixty times too high.
+    for limit in [5.0, 20.0, 200.0] {
+        let provider = Provider {
+            report: Report::Full,
+            limit_scale: 60.0,
+            ..Provider::new(limit)
+        };
+        check("runnel sim headers", provider, 30, 10, 0.9, WITH_HEADERS);
+    }
+}
+
+#[test]
 fn rfc3339_resets_in_whole_seconds() {
     // Anthropic: the reset is a timestamp (whole seconds) of full
     // replenishment; by the time it reaches the advisor it is a duration.

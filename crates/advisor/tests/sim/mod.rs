@@ -78,6 +78,10 @@ pub(crate) struct Provider {
     pub(crate) budget: Option<(f64, f64)>,
     /// What the request headers carry.
     pub(crate) report: Report,
+    /// The request `limit` header is the enforced limit times this (60:
+    /// `runnel sim`, whose `limit` is per minute while `remaining` and
+    /// `reset` are those of its per-second bucket).
+    pub(crate) limit_scale: f64,
     /// Whether 429s carry a retry-after (time until one request is back).
     pub(crate) retry_after: bool,
     /// Share of the enforced limit used by another client of the same key.
@@ -99,6 +103,7 @@ impl Provider {
             enforce: Enforce::Bucket { burst_seconds: 1.0 },
             budget: None,
             report: Report::Nothing,
+            limit_scale: 1.0,
             retry_after: false,
             hidden: 0.0,
             tokens: None,
@@ -226,9 +231,14 @@ impl Limiter {
     }
 
     /// The headers for this limiter, as (limit, remaining, reset).
-    fn headers(&self, report: Report, t: f64) -> (Option<u64>, Option<u64>, Option<Duration>) {
+    fn headers(
+        &self,
+        report: Report,
+        limit_scale: f64,
+        t: f64,
+    ) -> (Option<u64>, Option<u64>, Option<Duration>) {
         let remaining = Some(self.remaining().floor().max(0.0) as u64);
-        let limit = Some(self.capacity.round() as u64);
+        let limit = Some((self.capacity * limit_scale).round() as u64);
         let reset: f64 = self.reset(t).max(0.0);
         match report {
             Report::Nothing => (None, None, None),
@@ -296,9 +306,10 @@ impl State {
 
     fn headers(&self, p: &Provider, t: f64) -> Option<RateLimitHeaders> {
         let reported = self.budget.as_ref().unwrap_or(&self.requests);
-        let (requests_limit, requests_remaining, requests_reset) = reported.headers(p.report, t);
+        let (requests_limit, requests_remaining, requests_reset) =
+            reported.headers(p.report, p.limit_scale, t);
         let (tokens_limit, tokens_remaining, tokens_reset) = match (&self.tokens, p.tokens) {
-            (Some((_, minute)), Some(tk)) => minute.headers(tk.report, t),
+            (Some((_, minute)), Some(tk)) => minute.headers(tk.report, 1.0, t),
             _ => (None, None, None),
         };
         let h = RateLimitHeaders {
