@@ -185,7 +185,8 @@ impl Dimension {
             // and (when the limit is stated) than a fraction of it.
             let mut threshold = self.control.rate() * learning.header_low.as_secs_f64();
             if let Some(limit) = view.limit {
-                threshold = threshold.min(limit as f64 * learning.header_low_fraction);
+                let capacity = self.refill.capacity(limit) as f64;
+                threshold = threshold.min(capacity * learning.header_low_fraction);
             }
             self.low = (remaining as f64) < threshold || remaining == 0;
             self.bucket.cap_available(remaining, now);
@@ -200,13 +201,11 @@ impl Dimension {
                 }
             }
         }
-        // Jump up only while the limit is at least half full: a deficit the
-        // rate being sent cannot explain means the limit and `remaining`
-        // count different windows (`runnel sim` reports a per-minute limit
-        // with its per-second bucket's remaining), and the derived rate is
-        // no hint then.
+        // Jump up only while the limit is at least half full.
         let healthy = match (view.limit, view.remaining) {
-            (Some(limit), Some(remaining)) => remaining.saturating_mul(2) >= limit,
+            (Some(limit), Some(remaining)) => {
+                remaining.saturating_mul(2) >= self.refill.capacity(limit)
+            }
             _ => true,
         };
         if !self.low

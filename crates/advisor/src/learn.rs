@@ -169,16 +169,6 @@ pub struct Learned {
     pub source: Source,
 }
 
-/// What one reply's headers say about one dimension (requests or tokens),
-/// in the units the controller paces.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Evidence {
-    /// The refill rate derived so far (see [`Refill`]), if any.
-    pub refill: Option<f64>,
-    /// What the provider says is left, if it said.
-    pub remaining: Option<f64>,
-}
-
 /// The refill rate of a provider's limit, derived from replies whose reset
 /// is "time until full": `r = (limit − remaining) / reset`, as a ratio of
 /// decayed sums over about `header_samples` replies, so that one reply's
@@ -186,11 +176,19 @@ pub struct Evidence {
 /// whole seconds) does not decide. A name that states its window
 /// (`-requests-day`) gives `limit / window` instead; a window that is not
 /// stated is never assumed.
+///
+/// The capacity is the stated limit, unless `remaining` never came near it:
+/// when the most ever reported is under half the limit, the limit and
+/// `remaining` count different windows (`runnel sim` states a per-minute
+/// limit next to the remaining of its per-second bucket), and the most
+/// reported, plus the call that reply counted, stands in for the capacity.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Refill {
     deficit: f64,
     reset: f64,
     stated: Option<f64>,
+    /// The most `remaining` ever reported.
+    peak: u64,
 }
 
 impl Refill {
@@ -211,10 +209,13 @@ impl Refill {
             self.stated = Some(limit as f64 / window.as_secs_f64());
             return;
         }
+        if let Some(remaining) = remaining {
+            self.peak = self.peak.max(remaining);
+        }
         let (Some(limit), Some(remaining), Some(reset)) = (limit, remaining, reset) else {
             return;
         };
-        let deficit = limit.saturating_sub(remaining) as f64;
+        let deficit = self.capacity(limit).saturating_sub(remaining) as f64;
         let reset = reset.as_secs_f64();
         if deficit < 1.0 || reset <= 0.0 {
             return;
@@ -222,6 +223,16 @@ impl Refill {
         let keep = 1.0 - 1.0 / samples.max(1.0);
         self.deficit = self.deficit * keep + deficit;
         self.reset = self.reset * keep + reset;
+    }
+
+    /// The capacity of a limit stated as `limit` (see the type's docs).
+    pub fn capacity(&self, limit: u64) -> u64 {
+        if self.peak.saturating_mul(2) < limit {
+            // Every reply reports what was left after its own call.
+            self.peak.saturating_add(1)
+        } else {
+            limit
+        }
     }
 
     /// The refill rate per second, if the replies so far give one.
@@ -774,6 +785,14 @@ mod tests {
         r.observe(Some(20), Some(20), Some(ms(0)), None, 8.0);
         r.observe(Some(20), None, None, None, 8.0);
         assert_eq!(r.rate(), before);
+        // A limit that `remaining` never comes near counts another window:
+        // the most reported (plus the call it counted) is the capacity.
+        let mut sim = Refill::default();
+        for _ in 0..4 {
+            sim.observe(Some(1200), Some(19), Some(ms(50)), None, 8.0);
+        }
+        assert_eq!(sim.capacity(1200), 20);
+        assert!((sim.rate().unwrap() - 20.0).abs() < 1e-9);
         // A name that states its window: limit / window.
         r.observe(
             Some(14_400),
