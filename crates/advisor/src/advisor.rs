@@ -12,6 +12,7 @@ use crate::breaker::Transition;
 use crate::config::AdvisorConfig;
 use crate::error::AdvisorError;
 use crate::key::{KeyMetrics, KeySnapshot, KeyState};
+use crate::learn::Learned;
 
 /// Rate limits and circuit breakers per rate-limit key (DESIGN §5, §6).
 ///
@@ -67,6 +68,26 @@ impl Advisor {
     pub fn key_metrics(&self, key: &RateKey, now: Instant) -> Option<KeyMetrics> {
         let map = self.keys.read().unwrap_or_else(PoisonError::into_inner);
         map.get(key).map(|s| lock(s).metrics(now))
+    }
+
+    /// What the request-rate learning of `key` knows, if the key has been
+    /// used and is limited: its current rate, last good rate, the rate of
+    /// the last 429 and where the estimate came from. For a caller that
+    /// shares a key's rate across processes — each replica reports this into
+    /// a shared budget and gets a share back through
+    /// [`adopt_rate`](Self::adopt_rate).
+    pub fn learned_rate(&self, key: &RateKey) -> Option<Learned> {
+        let map = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).and_then(|s| lock(s).learned_rate())
+    }
+
+    /// Sets the request rate of `key` to `rps` as of `now` (creating the
+    /// key if needed), within `min_rps` and any explicit `rpm`. Learning goes
+    /// on from there: replies with headroom raise it, 429s lower it, so a
+    /// caller that keeps a budget adopts periodically and reads
+    /// [`learned_rate`](Self::learned_rate) back in between.
+    pub fn adopt_rate(&self, key: &RateKey, rps: f64, now: Instant) {
+        self.with_key(key, now, |s| s.adopt_rate(rps, now));
     }
 
     /// The learned state of every key as of `now`, for persistence.

@@ -72,15 +72,68 @@ pub struct AdvisorConfig {
     /// Growth per second of saturated use before any limit is known (slow
     /// start). Default 2.0 (doubling each second, at most once per success).
     pub slow_start_factor: f64,
+    /// The most one success may multiply the rate by in slow start: when
+    /// successes are seconds apart (a low starting rate), each grows the
+    /// rate by the factor per second since the last, up to this. Default 8.
+    pub slow_start_max_growth: f64,
     /// Lowest request rate the learning may reach, per second. Default 1/60
     /// (one request per minute).
     pub min_rps: f64,
-    /// Fraction of a limit learned from headers that is used, leaving room for
-    /// the two clocks' drift and the rounding of a per-minute limit. Small:
-    /// the `remaining` header keeps the bucket in step with the provider's,
-    /// and every point given up here is a point slower than the provider
-    /// allows. Default 0.99.
+    /// Fraction of the refill rate derived from headers that the rate jumps
+    /// to, leaving room for the two clocks' drift and the rounding of the
+    /// headers. The derived rate is a hint, not a ceiling: probing goes on
+    /// above it while replies report headroom. Default 0.99.
     pub header_headroom: f64,
+    /// A `remaining` header below this much time of the current rate means
+    /// the limit is running out: the rate falls (toward the derived refill
+    /// rate) before any 429 comes. Default `"500ms"`.
+    #[serde(with = "duration")]
+    pub header_low: Duration,
+    /// ... or, when the limit is stated, below this fraction of it (a bucket
+    /// of one second's capacity is often half empty without running out).
+    /// Default 0.1.
+    pub header_low_fraction: f64,
+    /// How many replies the refill rate derived from headers averages
+    /// (`(limit − remaining) / reset`, as a ratio of decayed sums), so one
+    /// reply's rounding does not decide. Default 8.
+    pub header_samples: f64,
+    /// A rate that carried this many successes in a row without a 429 is
+    /// taken to be below the limit: after a 429 the last good rate is at
+    /// least the highest such rate (at low rates a few seconds of successes
+    /// measure too little). Default 3.
+    pub ok_streak: u32,
+    /// The last good rate is set this fraction below what a 429 measured, so
+    /// the next 429 is some probing away. Default 0.03.
+    pub margin: f64,
+    /// A 429 drawn within this fraction of the rate of the previous one
+    /// confirms the limit (and halves the probing step). Default 0.1.
+    pub confirm: f64,
+    /// Growth per second from the last good rate up to just below where the
+    /// last 429 came (the last good rate may be measured too low), as a
+    /// fraction of the rate. Default 0.3.
+    pub approach: f64,
+    /// ... but per success at most half the way there, or this fraction if
+    /// that is more, so that at low rates the rate nears the last 429 in a
+    /// few calls and passes the limit by little. Default 0.03.
+    pub approach_per_success: f64,
+    /// Above a known limit, one success adds at most this fraction of the
+    /// rate, so at low rates a probe takes many requests and 429s stay rare.
+    /// Default 0.001.
+    pub probe_per_success: f64,
+    /// The probing step shrinks (as 429s confirm the limit) to no less than
+    /// `additive_step` divided by this. Default 64.
+    pub probe_floor: f64,
+    /// While probing without a 429, a shrunken step doubles this often, so a
+    /// limit that was raised is found within minutes. Default `"30s"`.
+    #[serde(with = "duration")]
+    pub probe_doubling: Duration,
+    /// Shortest time over which the success rate measured at a 429 is
+    /// averaged. Default `"3s"`.
+    #[serde(with = "duration")]
+    pub goodput_window: Duration,
+    /// The success rate is averaged over at least this many successes (at
+    /// low rates the window grows to hold them). Default 16.
+    pub goodput_samples: f64,
     /// Kind assumed for a key whose provider entry is not in `providers`.
     /// Default `openai_compatible`.
     pub default_kind: ProviderKind,
@@ -106,8 +159,22 @@ impl Default for AdvisorConfig {
             recovery_time: Duration::from_secs(1),
             additive_step: 0.02,
             slow_start_factor: 2.0,
+            slow_start_max_growth: 8.0,
             min_rps: 1.0 / 60.0,
             header_headroom: 0.99,
+            header_low: Duration::from_millis(500),
+            header_low_fraction: 0.1,
+            header_samples: 8.0,
+            ok_streak: 3,
+            margin: 0.03,
+            confirm: 0.1,
+            approach: 0.3,
+            approach_per_success: 0.03,
+            probe_per_success: 0.001,
+            probe_floor: 64.0,
+            probe_doubling: Duration::from_secs(30),
+            goodput_window: Duration::from_secs(3),
+            goodput_samples: 16.0,
             default_kind: ProviderKind::OpenAiCompatible,
             kinds: ProviderKind::ALL
                 .iter()
@@ -293,6 +360,50 @@ impl AdvisorConfig {
         }
         if !(self.header_headroom > 0.0 && self.header_headroom <= 1.0) {
             return bad("header_headroom", "must be greater than 0 and at most 1");
+        }
+        let fraction = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
+        if !(self.slow_start_max_growth.is_finite()
+            && (1.0..=1000.0).contains(&self.slow_start_max_growth))
+        {
+            return bad("slow_start_max_growth", "must be between 1 and 1000");
+        }
+        if !fraction(self.header_low_fraction) {
+            return bad("header_low_fraction", "must be at least 0 and below 1");
+        }
+        if !fraction(self.margin) {
+            return bad("margin", "must be at least 0 and below 1");
+        }
+        if !fraction(self.confirm) {
+            return bad("confirm", "must be at least 0 and below 1");
+        }
+        if !(self.approach.is_finite() && (0.0..=10.0).contains(&self.approach)) {
+            return bad("approach", "must be between 0 and 10");
+        }
+        if !(self.approach_per_success.is_finite()
+            && (0.0..=10.0).contains(&self.approach_per_success))
+        {
+            return bad("approach_per_success", "must be between 0 and 10");
+        }
+        if !(self.probe_per_success.is_finite() && (0.0..=1.0).contains(&self.probe_per_success)) {
+            return bad("probe_per_success", "must be between 0 and 1");
+        }
+        if !(self.probe_floor.is_finite() && self.probe_floor >= 1.0) {
+            return bad("probe_floor", "must be at least 1");
+        }
+        if self.probe_doubling.is_zero() {
+            return bad("probe_doubling", "must be greater than zero");
+        }
+        if self.goodput_window.is_zero() {
+            return bad("goodput_window", "must be greater than zero");
+        }
+        if !(self.goodput_samples.is_finite() && (1.0..=10_000.0).contains(&self.goodput_samples)) {
+            return bad("goodput_samples", "must be between 1 and 10000");
+        }
+        if self.ok_streak == 0 {
+            return bad("ok_streak", "must be at least 1");
+        }
+        if !(self.header_samples.is_finite() && (1.0..=10_000.0).contains(&self.header_samples)) {
+            return bad("header_samples", "must be between 1 and 10000");
         }
         for (kind, d) in &self.kinds {
             if !positive_rate(d.initial_rps) {

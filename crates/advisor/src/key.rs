@@ -5,18 +5,19 @@
 
 use std::time::{Duration, Instant};
 
-use runnel_core::{Acquire, Observation, OutcomeClass, RateLimitHeaders, WaitReason};
+use runnel_core::{Acquire, LimitScope, Observation, OutcomeClass, RateLimitHeaders, WaitReason};
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, BreakerSnapshot, BreakerState, Gate, Transition};
 use crate::bucket::{TokenBucket, burst_for, interval_ns, later};
 use crate::config::{AdvisorConfig, ResolvedLimits};
 use crate::error::AdvisorError;
-use crate::learn::{Learned, Learning, RateController, Source};
+use crate::learn::{Learned, Learning, RateController, Refill, Source};
 use crate::quota::QuotaWait;
 
-/// Providers publish limits per minute; explicit limits hold in every window
-/// of this length.
+/// Explicit `rpm` / `tpm` limits are per minute and hold in every window of
+/// this length; a learned token rate also caps one call's charge at a
+/// minute of it.
 const WINDOW_SECS: f64 = 60.0;
 
 /// An explicit limit: its highest rate and the largest tolerance (burst in
@@ -101,25 +102,22 @@ impl Counters {
     }
 }
 
-/// One key's state.
+/// One paced dimension of a key — requests, or tokens: the explicit limit
+/// if any, the learning controller, the bucket that enforces its rate, and
+/// what the headers said about it.
 #[derive(Clone, Debug)]
-pub struct KeyState {
-    burst_seconds: f64,
-    header_headroom: f64,
-    control: Option<RateController>,
-    request_limit: Option<Explicit>,
-    requests: Option<TokenBucket>,
-    token_limit: Option<Explicit>,
-    tokens: Option<TokenBucket>,
-    /// Largest single charge of the token bucket.
-    token_cap: u64,
-    breaker: Breaker,
-    paused_until: Option<Instant>,
-    /// While the key's quota is used up.
-    quota: Option<QuotaWait>,
-    quota_probe: Duration,
-    probe_timeout: Duration,
-    counters: Counters,
+struct Dimension {
+    limit: Option<Explicit>,
+    control: RateController,
+    bucket: TokenBucket,
+    refill: Refill,
+    /// The last reply's headers said this dimension is running out.
+    low: bool,
+    /// The last reply's headers said nothing is left, without a reset (a
+    /// fixed window that will refuse everything until it ends).
+    exhausted: bool,
+    /// The rate was cut since the last success.
+    cut_since_success: bool,
     /// Permits granted before the last decrease. Outcomes are numbered in the
     /// order they are recorded; a 429 numbered above this mark (once a call
     /// was permitted after the decrease) is taken to come from a call the
@@ -128,32 +126,196 @@ pub struct KeyState {
     decrease_mark: Option<u64>,
 }
 
+impl Dimension {
+    fn new(
+        learning: Learning,
+        initial: f64,
+        limit: Option<Explicit>,
+        burst_seconds: f64,
+        now: Instant,
+    ) -> Self {
+        let max_rate = limit.map_or(f64::INFINITY, |e| e.max_rate);
+        let control = RateController::new(learning, initial, max_rate, now);
+        let rate = control.rate();
+        let tolerance = Explicit::tolerance_at(limit, rate, burst_seconds);
+        Self {
+            limit,
+            bucket: TokenBucket::with_tolerance(rate, tolerance, now),
+            control,
+            refill: Refill::default(),
+            low: false,
+            exhausted: false,
+            cut_since_success: false,
+            decrease_mark: None,
+        }
+    }
+
+    /// Gives the bucket the controller's rate. `reset`: the rate comes from a
+    /// new estimate (a 429, headers), not from gradual growth.
+    fn sync(&mut self, burst_seconds: f64, now: Instant, reset: bool) {
+        let rate = self.control.rate();
+        let tolerance = Explicit::tolerance_at(self.limit, rate, burst_seconds);
+        // A debt run up at a learned rate that proved far too high must not
+        // block the key for long, so a new estimate caps it at one empty
+        // burst. Gradual growth keeps it (capping there would hand out a
+        // token each time the burst rounds up), and so does an explicit
+        // limit, always.
+        let cap_debt = reset && self.limit.is_none();
+        self.bucket
+            .set_rate_tolerance(rate, tolerance, now, cap_debt);
+    }
+
+    /// Takes one reply's headers for this dimension. Returns whether the
+    /// rate changed.
+    /// `rate_limited`: the reply is a 429, which cuts the rate itself.
+    fn observe(
+        &mut self,
+        view: HeaderView,
+        rate_limited: bool,
+        learning: &Learning,
+        now: Instant,
+    ) -> bool {
+        self.refill.observe(
+            view.limit,
+            view.remaining,
+            view.reset,
+            view.window,
+            learning.header_samples,
+        );
+        let refill = self.refill.rate();
+        let mut changed = false;
+        self.exhausted = view.remaining == Some(0) && view.reset.is_none();
+        if let Some(remaining) = view.remaining {
+            // Running out: less left than `header_low` of the current rate,
+            // and (when the limit is stated) than a fraction of it.
+            let mut threshold = self.control.rate() * learning.header_low.as_secs_f64();
+            if let Some(limit) = view.limit {
+                let capacity = self.refill.capacity(limit) as f64;
+                threshold = threshold.min(capacity * learning.header_low_fraction);
+            }
+            self.low = (remaining as f64) < threshold || remaining == 0;
+            self.bucket.cap_available(remaining, now);
+            if self.low && !rate_limited {
+                if refill.is_some() || remaining == 0 {
+                    changed |= self.control.on_running_low(now, refill);
+                } else {
+                    // Running low, but nothing says how fast it refills (a
+                    // fixed window near its end looks the same): stop
+                    // growing, and let nothing left or a 429 say more.
+                    self.control.hold();
+                }
+            }
+        }
+        // Jump up only while the limit is at least half full.
+        let healthy = match (view.limit, view.remaining) {
+            (Some(limit), Some(remaining)) => {
+                remaining.saturating_mul(2) >= self.refill.capacity(limit)
+            }
+            _ => true,
+        };
+        if !self.low
+            && healthy
+            && let Some(refill) = refill
+        {
+            changed |= self.control.on_headroom(refill, now);
+        }
+        changed
+    }
+}
+
+/// One dimension's part of a reply's headers.
+#[derive(Clone, Copy, Debug)]
+struct HeaderView {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<Duration>,
+    window: Option<Duration>,
+}
+
+impl HeaderView {
+    fn requests(h: &RateLimitHeaders) -> Self {
+        Self {
+            limit: h.requests_limit,
+            remaining: h.requests_remaining,
+            reset: h.requests_reset,
+            window: h.requests_window,
+        }
+    }
+
+    fn tokens(h: &RateLimitHeaders) -> Self {
+        Self {
+            limit: h.tokens_limit,
+            remaining: h.tokens_remaining,
+            reset: h.tokens_reset,
+            window: h.tokens_window,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.limit.is_none() && self.remaining.is_none()
+    }
+}
+
+/// The tokens a call is charged on average — the larger of its
+/// reservation and the usage its reply reports, since providers admit on
+/// the estimate (prompt plus `max_tokens`) and count usage beyond it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct TokenUsage {
+    /// Decayed average charge per call.
+    per_call: f64,
+}
+
+/// How many calls the average charge per call spans.
+const USAGE_SAMPLES: f64 = 32.0;
+
+impl TokenUsage {
+    fn record(&mut self, reserved: Option<u64>, used: Option<u64>) {
+        let charge = reserved.unwrap_or(0).max(used.unwrap_or(0)) as f64;
+        if charge > 0.0 {
+            let keep = 1.0 - 1.0 / USAGE_SAMPLES;
+            self.per_call = if self.per_call > 0.0 {
+                self.per_call * keep + charge * (1.0 - keep)
+            } else {
+                charge
+            };
+        }
+    }
+}
+
+/// One key's state.
+#[derive(Clone, Debug)]
+pub struct KeyState {
+    burst_seconds: f64,
+    learning: Learning,
+    /// `None`: the key is unlimited.
+    requests: Option<Dimension>,
+    /// Paced once tokens are known to matter: an explicit `tpm`, token
+    /// headers, or a 429 naming the token limit.
+    tokens: Option<Dimension>,
+    /// Largest single charge of the token bucket.
+    token_cap: u64,
+    usage: TokenUsage,
+    breaker: Breaker,
+    paused_until: Option<Instant>,
+    /// While the key's quota is used up.
+    quota: Option<QuotaWait>,
+    quota_probe: Duration,
+    probe_timeout: Duration,
+    counters: Counters,
+}
+
 impl KeyState {
     /// A fresh key with `limits`, as of `now`.
     pub fn new(config: &AdvisorConfig, limits: ResolvedLimits, now: Instant) -> Self {
         let bs = config.burst_seconds;
-        let (request_limit, control, requests, token_limit) = if limits.unlimited {
-            (None, None, None, None)
-        } else {
-            let request_limit = limits.rpm.map(|rpm| Explicit::new(rpm, bs));
-            let max_rate = request_limit.map_or(f64::INFINITY, |e| e.max_rate);
-            let control =
-                RateController::new(Learning::of(config), limits.initial_rps, max_rate, now);
-            let rate = control.rate();
-            let tolerance = Explicit::tolerance_at(request_limit, rate, bs);
-            let bucket = TokenBucket::with_tolerance(rate, tolerance, now);
-            let token_limit = limits.tpm.map(|tpm| Explicit::new(tpm, bs));
-            (request_limit, Some(control), Some(bucket), token_limit)
-        };
+        let learning = Learning::of(config);
         let mut key = Self {
             burst_seconds: bs,
-            header_headroom: config.header_headroom,
-            control,
-            request_limit,
-            requests,
-            token_limit,
+            learning,
+            requests: None,
             tokens: None,
             token_cap: 0,
+            usage: TokenUsage::default(),
             breaker: Breaker::new(
                 config.breaker_threshold,
                 config.breaker_cooldown,
@@ -164,12 +326,62 @@ impl KeyState {
             quota_probe: config.quota_probe_interval,
             probe_timeout: config.probe_timeout,
             counters: Counters::default(),
-            decrease_mark: None,
         };
-        if let Some(t) = token_limit {
-            key.set_token_rate(t.max_rate, now);
+        if !limits.unlimited {
+            let request_limit = limits.rpm.map(|rpm| Explicit::new(rpm, bs));
+            key.requests = Some(Dimension::new(
+                learning,
+                limits.initial_rps,
+                request_limit,
+                bs,
+                now,
+            ));
+            if let Some(tpm) = limits.tpm {
+                let limit = Explicit::new(tpm, bs);
+                key.tokens = Some(Dimension::new(
+                    learning,
+                    limit.max_rate,
+                    Some(limit),
+                    bs,
+                    now,
+                ));
+                key.token_cap = limit.limit;
+            }
         }
         key
+    }
+
+    /// The token dimension, created at `initial` tokens per second if there
+    /// is none yet (`None` for an unlimited key).
+    fn tokens_at(&mut self, initial: f64, now: Instant) -> Option<&mut Dimension> {
+        self.requests.as_ref()?;
+        if self.tokens.is_none() {
+            let initial = if initial.is_finite() && initial > 0.0 {
+                initial
+            } else {
+                // Nothing known of the tokens sent: one call's worth a second.
+                self.usage.per_call.max(1.0)
+            };
+            self.tokens = Some(Dimension::new(
+                self.learning,
+                initial,
+                None,
+                self.burst_seconds,
+                now,
+            ));
+        }
+        let d = self.tokens.as_mut()?;
+        if d.limit.is_none() {
+            self.token_cap = burst_for(d.control.rate(), WINDOW_SECS);
+        }
+        Some(d)
+    }
+
+    /// The tokens per second being sent now (the request rate times the
+    /// average charge per call), the starting point of a token rate learned
+    /// from a 429.
+    fn token_send_rate(&self) -> f64 {
+        self.rate().unwrap_or(0.0) * self.usage.per_call
     }
 
     /// Asks for a permit for one call costing `tokens` (if known).
@@ -201,25 +413,26 @@ impl KeyState {
             }
             _ => false,
         };
-        let mut short = false;
-        if let Some(b) = &self.requests
-            && let Err(u) = b.check(1, now)
+        let mut short_requests = false;
+        if let Some(d) = &self.requests
+            && let Err(u) = d.bucket.check(1, now)
         {
             until = until.max(u);
-            short = true;
+            short_requests = true;
         }
         let charge = match (&self.tokens, tokens) {
             (Some(_), Some(n)) => n.min(self.token_cap),
             _ => 0,
         };
+        let mut short_tokens = false;
         if charge > 0
-            && let Some(b) = &self.tokens
-            && let Err(u) = b.check(charge, now)
+            && let Some(d) = &self.tokens
+            && let Err(u) = d.bucket.check(charge, now)
         {
             until = until.max(u);
-            short = true;
+            short_tokens = true;
         }
-        if blocked || paused || short {
+        if blocked || paused || short_requests || short_tokens {
             let reason = if let Some(open_since) = open_since {
                 self.counters.waits_breaker += 1;
                 WaitReason::BreakerOpen { open_since }
@@ -228,20 +441,23 @@ impl KeyState {
                 WaitReason::Paused
             } else {
                 self.counters.waits_rate += 1;
-                if let Some(c) = &mut self.control {
-                    c.on_saturated();
+                if short_requests && let Some(d) = &mut self.requests {
+                    d.control.on_saturated();
+                }
+                if short_tokens && let Some(d) = &mut self.tokens {
+                    d.control.on_saturated();
                 }
                 WaitReason::Rate
             };
             return Acquire::Wait { until, reason };
         }
-        if let Some(b) = &mut self.requests {
-            b.take(1, now);
+        if let Some(d) = &mut self.requests {
+            d.bucket.take(1, now);
         }
         if charge > 0
-            && let Some(b) = &mut self.tokens
+            && let Some(d) = &mut self.tokens
         {
-            b.take(charge, now);
+            d.bucket.take(charge, now);
         }
         self.breaker.on_permit(now);
         if let Some(q) = &mut self.quota {
@@ -271,77 +487,139 @@ impl KeyState {
         {
             self.quota = None;
         }
+        self.usage.record(obs.tokens_reserved, obs.tokens_used);
         if let Some(h) = &obs.headers {
-            self.apply_headers(h, now);
+            self.apply_headers(h, obs.class == OutcomeClass::RateLimited, now);
         }
+        let charged = obs
+            .tokens_reserved
+            .unwrap_or(0)
+            .max(obs.tokens_used.unwrap_or(0)) as f64;
         match obs.class {
             OutcomeClass::RateLimited => {
                 if let Some(after) = obs.retry_after {
                     self.pause(now, after);
                 }
-                let fresh = self.decrease_mark.is_some_and(|mark| {
-                    self.counters.permits > mark && self.counters.outcomes() > mark
-                });
-                if let Some(c) = &mut self.control
-                    && c.on_rate_limited(now, fresh)
-                {
-                    self.decrease_mark = Some(self.counters.permits);
-                    self.counters.decreases += 1;
-                    self.sync_request_rate(now, true);
-                    if let Some(b) = &mut self.requests {
-                        b.drain(now);
+                let tokens_bind = match obs.scope {
+                    LimitScope::Tokens => true,
+                    LimitScope::Requests => false,
+                    // Unnamed: the dimension the headers say is running out.
+                    LimitScope::Unknown => {
+                        self.tokens.as_ref().is_some_and(|d| d.low)
+                            && !self.requests.as_ref().is_some_and(|d| d.low)
                     }
-                    effect.decreased_to = self.rate();
+                };
+                let (permits, outcomes) = (self.counters.permits, self.counters.outcomes());
+                let bs = self.burst_seconds;
+                let initial = self.token_send_rate();
+                let dim = if tokens_bind {
+                    self.tokens_at(initial, now)
+                } else {
+                    self.requests.as_mut()
+                };
+                let mut decreased_to = None;
+                let mut wait_out = false;
+                if let Some(d) = dim {
+                    // A window that says it is empty refuses every call until
+                    // it ends, whatever the rate: one cut, then wait.
+                    wait_out = d.exhausted;
+                    let fresh = !d.exhausted
+                        && d.decrease_mark
+                            .is_some_and(|mark| permits > mark && outcomes > mark);
+                    let refill = d.refill.rate();
+                    let cut_already = d.exhausted && d.cut_since_success;
+                    if !cut_already && d.control.on_rate_limited(now, fresh, refill) {
+                        d.cut_since_success = true;
+                        d.decrease_mark = Some(permits);
+                        d.sync(bs, now, true);
+                        d.bucket.drain(now);
+                        decreased_to = Some(d.control.rate());
+                    }
+                }
+                if wait_out {
+                    self.pause(now, self.learning.decrease_window);
+                }
+                if !tokens_bind && decreased_to.is_some() {
+                    self.counters.decreases += 1;
+                    effect.decreased_to = decreased_to;
+                }
+                if tokens_bind && let Some(d) = &self.tokens {
+                    self.token_cap = match d.limit {
+                        Some(t) => t.limit,
+                        None => burst_for(d.control.rate(), WINDOW_SECS),
+                    };
                 }
             }
             OutcomeClass::Success => {
-                if let Some(c) = &mut self.control
-                    && c.on_success(now)
-                {
-                    self.sync_request_rate(now, false);
+                let bs = self.burst_seconds;
+                if let Some(d) = &mut self.requests {
+                    d.cut_since_success = false;
+                    if d.control.on_success(now, 1.0) {
+                        d.sync(bs, now, false);
+                    }
+                }
+                if let Some(d) = &mut self.tokens {
+                    d.cut_since_success = false;
+                    if charged > 0.0 && d.control.on_success(now, charged) {
+                        d.sync(bs, now, false);
+                    }
                 }
             }
             OutcomeClass::QuotaExhausted | OutcomeClass::Transient | OutcomeClass::Permanent => {}
         }
-        if let (Some(b), Some(used)) = (&mut self.tokens, obs.tokens_used) {
+        if let (Some(d), Some(used)) = (&mut self.tokens, obs.tokens_used) {
             // Tokens used beyond the reservation are charged as debt; unused
-            // reservations are not refunded (providers count the estimate).
+            // reservations are not refunded (the rates learned are in tokens
+            // reserved, which is what an explicit `tpm` bounds).
             let extra = used.saturating_sub(obs.tokens_reserved.unwrap_or(0));
             if extra > 0 {
-                b.take(extra.min(self.token_cap), now);
+                d.bucket.take(extra.min(self.token_cap), now);
             }
         }
         effect
     }
 
-    fn apply_headers(&mut self, h: &RateLimitHeaders, now: Instant) {
-        if let (Some(limit), Some(c)) = (h.requests_limit, &mut self.control)
-            && c.on_header_limit(limit, now)
+    fn apply_headers(&mut self, h: &RateLimitHeaders, rate_limited: bool, now: Instant) {
+        let bs = self.burst_seconds;
+        let learning = self.learning;
+        let requests = HeaderView::requests(h);
+        if !requests.is_empty()
+            && let Some(d) = &mut self.requests
+            && d.observe(requests, rate_limited, &learning, now)
         {
-            self.sync_request_rate(now, true);
-        }
-        if let (Some(remaining), Some(b)) = (h.requests_remaining, &mut self.requests) {
-            b.cap_available(remaining, now);
+            d.sync(bs, now, true);
         }
         if h.requests_remaining == Some(0)
             && let Some(reset) = h.requests_reset
         {
-            self.pause(now, reset);
+            self.pause(
+                now,
+                until_one_is_back(reset, h.requests_limit, h.requests_window, 1),
+            );
         }
-        if let Some(limit) = h.tokens_limit
-            && limit > 0
-            && self.control.is_some()
-        {
-            let rate = limit as f64 / WINDOW_SECS * self.header_headroom;
-            self.set_token_rate(rate, now);
-        }
-        if let (Some(remaining), Some(b)) = (h.tokens_remaining, &mut self.tokens) {
-            b.cap_available(remaining, now);
+        let tokens = HeaderView::tokens(h);
+        if !tokens.is_empty() && self.requests.is_some() {
+            let initial = self.token_send_rate();
+            if let Some(d) = self.tokens_at(initial, now)
+                && d.observe(tokens, rate_limited, &learning, now)
+            {
+                d.sync(bs, now, true);
+            }
+            if let Some(d) = &self.tokens
+                && d.limit.is_none()
+            {
+                self.token_cap = burst_for(d.control.rate(), WINDOW_SECS);
+            }
         }
         if h.tokens_remaining == Some(0)
             && let Some(reset) = h.tokens_reset
         {
-            self.pause(now, reset);
+            // Saturating float-to-int conversion.
+            let per_call = self.usage.per_call.max(1.0) as u64;
+            self.pause(
+                now,
+                until_one_is_back(reset, h.tokens_limit, h.tokens_window, per_call),
+            );
         }
     }
 
@@ -350,44 +628,34 @@ impl KeyState {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
-    /// Gives the request bucket the controller's rate. `reset`: the rate
-    /// comes from a new estimate (a 429, headers), not from gradual growth.
-    fn sync_request_rate(&mut self, now: Instant, reset: bool) {
-        if let (Some(c), Some(b)) = (&self.control, &mut self.requests) {
-            let rate = c.rate();
-            let tolerance = Explicit::tolerance_at(self.request_limit, rate, self.burst_seconds);
-            // A debt run up at a learned rate that proved far too high must
-            // not block the key for long, so a new estimate caps it at one
-            // empty burst. Gradual growth keeps it (capping there would hand
-            // out a token each time the burst rounds up), and so does an
-            // explicit limit, always.
-            let cap_debt = reset && self.request_limit.is_none();
-            b.set_rate_tolerance(rate, tolerance, now, cap_debt);
-        }
-    }
-
-    /// Sets the token rate, capped by the explicit token limit if any.
-    fn set_token_rate(&mut self, rate: f64, now: Instant) {
-        let rate = self.token_limit.map_or(rate, |t| rate.min(t.max_rate));
-        let tolerance = Explicit::tolerance_at(self.token_limit, rate, self.burst_seconds);
-        self.token_cap = match self.token_limit {
-            Some(t) => t.limit,
-            None => burst_for(rate, WINDOW_SECS),
-        };
-        match &mut self.tokens {
-            Some(b) => b.set_rate_tolerance(rate, tolerance, now, self.token_limit.is_none()),
-            None => self.tokens = Some(TokenBucket::with_tolerance(rate, tolerance, now)),
-        }
-    }
-
     /// The current request rate (`None`: unlimited).
     pub fn rate(&self) -> Option<f64> {
-        self.control.as_ref().map(RateController::rate)
+        self.requests.as_ref().map(|d| d.control.rate())
     }
 
-    /// The current token rate (`None`: tokens are not limited).
+    /// The current token rate (`None`: tokens are not paced).
     pub fn token_rate(&self) -> Option<f64> {
-        self.tokens.as_ref().map(TokenBucket::rate)
+        self.tokens.as_ref().map(|d| d.bucket.rate())
+    }
+
+    /// What the request-rate learning knows (`None`: unlimited), for a
+    /// caller that shares the key's rate with others — for example a budget
+    /// kept across replicas, which reads each replica's learned rate and
+    /// gives each a share back with [`adopt_rate`](Self::adopt_rate).
+    pub fn learned_rate(&self) -> Option<Learned> {
+        self.requests.as_ref().map(|d| d.control.learned())
+    }
+
+    /// Sets the request rate to `rps` as of `now` (within `min_rps` and any
+    /// explicit `rpm`), as a rate decided outside this key — a replica's
+    /// share of a budget. Learning continues from it: replies with headroom
+    /// raise it, 429s lower it. Does nothing for an unlimited key.
+    pub fn adopt_rate(&mut self, rps: f64, now: Instant) {
+        let bs = self.burst_seconds;
+        if let Some(d) = &mut self.requests {
+            d.control.adopt(rps, now);
+            d.sync(bs, now, true);
+        }
     }
 
     /// The breaker.
@@ -399,7 +667,7 @@ impl KeyState {
     pub fn metrics(&self, now: Instant) -> KeyMetrics {
         KeyMetrics {
             rate_rps: self.rate(),
-            last_good_rps: self.control.as_ref().map(RateController::last_good),
+            last_good_rps: self.requests.as_ref().map(|d| d.control.last_good()),
             token_rate_tps: self.token_rate(),
             counters: self.counters,
             breaker: self.breaker.state(now),
@@ -412,7 +680,7 @@ impl KeyState {
 
     /// The learned state as of `now`, for persistence.
     pub fn snapshot(&self, now: Instant) -> KeySnapshot {
-        let learned = self.control.as_ref().map(RateController::learned);
+        let learned = self.learned_rate();
         KeySnapshot {
             rate_rps: learned.map(|l| l.rate),
             last_good_rps: learned.map(|l| l.good),
@@ -430,24 +698,59 @@ impl KeyState {
     /// Restores learned state (already validated) as of `now`. Explicit
     /// limits of the current configuration still cap every rate.
     pub fn restore(&mut self, snap: &KeySnapshot, now: Instant) {
-        if let (Some(c), Some(rate)) = (&mut self.control, snap.rate_rps) {
-            c.restore(&Learned {
-                rate,
-                good: snap.last_good_rps.unwrap_or(rate),
-                last_429: snap.last_429_rps,
-                source: snap.learned_from.into(),
-            });
+        let bs = self.burst_seconds;
+        if let Some(d) = &mut self.requests {
+            if let Some(rate) = snap.rate_rps {
+                d.control.restore(&Learned {
+                    rate,
+                    good: snap.last_good_rps.unwrap_or(rate),
+                    last_429: snap.last_429_rps,
+                    source: snap.learned_from.into(),
+                });
+            }
+            d.sync(bs, now, true);
         }
-        self.sync_request_rate(now, true);
         if let Some(rate) = snap.token_rate_tps
-            && self.control.is_some()
+            && let Some(d) = self.tokens_at(rate, now)
         {
-            self.set_token_rate(rate, now);
+            d.control.restore(&Learned {
+                rate,
+                good: rate,
+                last_429: None,
+                source: Source::Estimated,
+            });
+            d.sync(bs, now, true);
+            if d.limit.is_none() {
+                self.token_cap = burst_for(d.control.rate(), WINDOW_SECS);
+            }
         }
         if snap.paused_for_ms > 0 {
             self.pause(now, Duration::from_millis(snap.paused_for_ms));
         }
         self.breaker.restore(&snap.breaker, snap.trips, now);
+    }
+}
+
+/// How long to pause when the provider says nothing is left and that the
+/// limit is full again after `reset`. OpenAI's and Anthropic's resets are
+/// the time until a continuously refilled limit is full, so one call's
+/// worth (`need` of `limit`) is back after `reset · need / limit`; pausing
+/// for the whole reset would leave a one-second bucket idle most of the
+/// time. A name that states its window (`-requests-day`) counts a fixed
+/// window, and without a limit nothing says how fast it refills: then the
+/// whole reset.
+fn until_one_is_back(
+    reset: Duration,
+    limit: Option<u64>,
+    window: Option<Duration>,
+    need: u64,
+) -> Duration {
+    match (limit, window) {
+        (Some(limit), None) if limit > 0 => {
+            let share = (need.max(1) as f64 / limit as f64).min(1.0);
+            reset.mul_f64(share)
+        }
+        _ => reset,
     }
 }
 

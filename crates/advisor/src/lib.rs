@@ -11,11 +11,13 @@
 //! - starting rates per provider kind ([`KindDefault`]), and explicit `rpm` /
 //!   `tpm` limits per provider entry ([`ProviderLimits`]) that no 60-second
 //!   window ever exceeds;
-//! - learning ([`RateController`]): the limit from `x-ratelimit-*` /
-//!   `anthropic-ratelimit-*` headers when present, otherwise slow start,
-//!   a multiplicative decrease on 429 (once per window) and additive growth
-//!   back towards the last good rate; `retry-after` and "remaining = 0" pause
-//!   the key;
+//! - learning ([`RateController`], one per paced dimension — requests, and
+//!   tokens once they matter): the provider's headers, in any dialect, are
+//!   evidence — [`Refill`] derives the refill rate the rate jumps up to, and
+//!   `remaining` running low pulls it back — otherwise slow start, a
+//!   multiplicative decrease on 429 (once per window) and growth back
+//!   towards the last good rate; `retry-after` and "remaining = 0" pause the
+//!   key; a 429 whose body names the token limit lowers the token rate;
 //! - a [`Breaker`] per key: closed → open after `threshold` consecutive
 //!   transient failures, one probe after the cooldown, and `open_since` so the
 //!   engine can give up on an experiment;
@@ -76,4 +78,4 @@ pub use bucket::TokenBucket;
 pub use config::{AdvisorConfig, KindDefault, ProviderLimits, ResolvedLimits};
 pub use error::AdvisorError;
 pub use key::{Counters, KeyMetrics, KeySnapshot, KeyState, LearnedFrom, Recorded};
-pub use learn::{Learned, Learning, RateController, Source};
+pub use learn::{Learned, Learning, RateController, Refill, Source};

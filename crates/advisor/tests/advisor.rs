@@ -202,7 +202,7 @@ fn a_429_of_a_call_sent_after_a_decrease_cuts_again_at_once() {
 }
 
 #[test]
-fn headers_set_the_rate_and_remaining_zero_pauses_until_the_reset() {
+fn headers_set_the_rate_and_remaining_zero_pauses_until_one_request_is_back() {
     let advisor = Advisor::new(AdvisorConfig::default()).unwrap();
     let key = RateKey::new("oa", "gpt");
     let t0 = Instant::now();
@@ -224,13 +224,35 @@ fn headers_set_the_rate_and_remaining_zero_pauses_until_the_reset() {
     // 3000 RPM = 50/s, used at 99 %.
     assert!((m.rate_rps.unwrap() - 49.5).abs() < 1e-9);
     assert!((m.last_good_rps.unwrap() - 49.5).abs() < 1e-9);
-    advisor.record(&key, &reply(0, secs(12)), t0 + secs(1));
+    // Nothing left, full again in 60 s: the limit refills continuously, so
+    // one request is back after 60 s / 3000 = 20 ms.
+    // (The bucket, emptied too, has its next request at the refill rate,
+    // 49.5/s, a fraction of a millisecond later.)
+    advisor.record(&key, &reply(0, secs(60)), t0 + secs(1));
+    let Acquire::Wait { until, reason } = advisor.try_acquire(&key, None, t0 + secs(1)) else {
+        panic!("expected a wait");
+    };
+    assert_eq!(reason, WaitReason::Paused);
+    let waited = until - (t0 + secs(1));
+    assert!(waited >= ms(20) && waited <= ms(21), "{waited:?}");
+    // A name that states its window counts a fixed window: the whole reset.
+    let daily = with_headers(
+        OutcomeClass::Success,
+        RateLimitHeaders {
+            requests_limit: Some(14_400),
+            requests_remaining: Some(0),
+            requests_reset: Some(secs(12)),
+            requests_window: Some(secs(86_400)),
+            ..RateLimitHeaders::default()
+        },
+    );
+    advisor.record(&key, &daily, t0 + secs(2));
     assert_eq!(
-        advisor.try_acquire(&key, None, t0 + secs(2)),
-        wait(t0 + secs(13), WaitReason::Paused)
+        advisor.try_acquire(&key, None, t0 + secs(3)),
+        wait(t0 + secs(14), WaitReason::Paused)
     );
     assert_eq!(
-        advisor.try_acquire(&key, None, t0 + secs(13)),
+        advisor.try_acquire(&key, None, t0 + secs(14)),
         Acquire::Permit
     );
 }
@@ -364,7 +386,11 @@ fn snapshots_restore_learned_rates_and_open_breakers() {
             OutcomeClass::Success,
             RateLimitHeaders {
                 requests_limit: Some(600),
+                requests_remaining: Some(599),
+                requests_reset: Some(ms(100)),
                 tokens_limit: Some(60_000),
+                tokens_remaining: Some(59_000),
+                tokens_reset: Some(secs(1)),
                 ..RateLimitHeaders::default()
             },
         ),
@@ -536,4 +562,32 @@ fn the_config_reads_from_toml_like_data_and_names_bad_keys() {
         Err(AdvisorError::Config { key, .. }) => assert_eq!(key, "providers.openai.initial_rps"),
         other => panic!("expected a config error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_learned_rate_can_be_read_and_a_rate_adopted_from_outside() {
+    let advisor = with(&[(
+        "p",
+        ProviderLimits {
+            rpm: Some(600),
+            ..ProviderLimits::default()
+        },
+    )]);
+    let key = RateKey::new("p", "m");
+    let t0 = Instant::now();
+    assert_eq!(advisor.learned_rate(&key), None, "not used yet");
+    // A replica's share of a budget: 2 requests per second.
+    advisor.adopt_rate(&key, 2.0, t0);
+    let learned = advisor.learned_rate(&key).unwrap();
+    assert_eq!((learned.rate, learned.good), (2.0, 2.0));
+    // Ten seconds at 2/s, plus the burst of one second.
+    assert_eq!(permits_over(&advisor, &key, t0, secs(10)), 21);
+    // Never above the explicit limit (600 RPM, a little under 10/s).
+    advisor.adopt_rate(&key, 1000.0, t0 + secs(10));
+    assert!(advisor.learned_rate(&key).unwrap().rate <= 10.0);
+    // An unlimited key has nothing to read or adopt.
+    let local = with(&[("o", kind(ProviderKind::Local))]);
+    let llama = RateKey::new("o", "llama");
+    local.adopt_rate(&llama, 2.0, t0);
+    assert_eq!(local.learned_rate(&llama), None);
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use runnel_advisor::{Advisor, AdvisorConfig, AdvisorSnapshot, KeySnapshot, LearnedFrom};
 use runnel_advisor::{ProviderLimits, TokenBucket};
-use runnel_core::{Acquire, Advisor as _, Observation, OutcomeClass, RateKey, RateLimitHeaders};
+use runnel_core::{
+    Acquire, Advisor as _, LimitScope, Observation, OutcomeClass, RateKey, RateLimitHeaders,
+};
 
 /// The largest sum of `sizes` granted in any closed window `[t_i, t_j]`
 /// with `i < j` minus `rate · (t_j - t_i)`: the burst the grants needed.
@@ -252,7 +254,13 @@ proptest! {
                             tokens_limit: claimed_rpm.map(|r| r * 1000),
                             tokens_remaining: remaining.map(|r| r * 100),
                             tokens_reset: Some(Duration::from_millis(500)),
+                            ..RateLimitHeaders::default()
                         }),
+                        scope: if tokens_used.is_some_and(|t| t % 2 == 0) {
+                            LimitScope::Tokens
+                        } else {
+                            LimitScope::Unknown
+                        },
                         tokens_used,
                         tokens_reserved: Some(tpm / 2),
                     };

@@ -89,6 +89,7 @@ async fn main() {
         let outcome = if n % 10 == 9 {
             Outcome::RateLimited {
                 retry_after: Some(Duration::from_millis(50)),
+                scope: runnel_core::LimitScope::Unknown,
                 message: "429 Too Many Requests".into(),
             }
         } else if job.is_task() {

@@ -47,7 +47,9 @@ pub use error::Error;
 pub use ids::{
     Claim, DatasetId, Epoch, EvaluatorId, ExampleId, ExperimentId, RateKey, ReplicaId, RunId,
 };
-pub use outcome::{CallReport, Observation, Outcome, OutcomeClass, RateLimitHeaders, Reply, Usage};
+pub use outcome::{
+    CallReport, LimitScope, Observation, Outcome, OutcomeClass, RateLimitHeaders, Reply, Usage,
+};
 pub use ports::{
     Acquire, Advisor, AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink,
     Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Waiting, Write,

@@ -35,6 +35,8 @@ pub enum Outcome {
     RateLimited {
         /// How long the provider asked us to wait, if it said.
         retry_after: Option<Duration>,
+        /// Which limit the provider named (requests, tokens, or neither).
+        scope: LimitScope,
         /// What the provider said (credentials removed).
         message: String,
     },
@@ -116,6 +118,23 @@ impl OutcomeClass {
     }
 }
 
+/// Which limit a 429 names: OpenAI's "… on tokens per min (TPM)", Groq's
+/// `type: "tokens"` and Anthropic's token rate-limit errors name the token
+/// limit; a 429 that names neither is [`LimitScope::Unknown`] and is taken
+/// for the request limit. A tokens-429 lowers the token rate, not the
+/// request rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// The provider did not say.
+    #[default]
+    Unknown,
+    /// The request limit (RPM, RPS).
+    Requests,
+    /// A token limit (TPM, input or output tokens per minute).
+    Tokens,
+}
+
 /// Token usage reported by the provider.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -132,23 +151,34 @@ impl Usage {
     }
 }
 
-/// Rate-limit information a provider sent with a reply, normalised from the
-/// OpenAI-style `x-ratelimit-*` or Anthropic-style `anthropic-ratelimit-*`
-/// headers. Resets are durations from the moment the reply arrived.
+/// Rate-limit information a provider sent with a reply, normalised from any
+/// of the dialects the provider adapter reads (`x-ratelimit-*`,
+/// `anthropic-ratelimit-*`, `x-tokenlimit-*`, …; see `PROVIDERS.md`).
+///
+/// These are evidence, not orders: a header's name does not say its window
+/// (per minute at OpenAI, per day at Groq, per second at Together), so
+/// `*_window` is set only when the name states one (`-requests-day`,
+/// `-tokens-minute`). Resets are durations from the moment the reply
+/// arrived until the limit is full again (whatever the provider's format:
+/// Go durations, RFC 3339 times, float seconds, epoch milliseconds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateLimitHeaders {
-    /// Requests allowed per window (OpenAI: per minute).
+    /// Requests allowed per window (window unknown unless `requests_window`).
     pub requests_limit: Option<u64>,
-    /// Requests left in the current window.
+    /// Requests left now.
     pub requests_remaining: Option<u64>,
-    /// Time until the request window is full again.
+    /// Time until the request limit is full again.
     pub requests_reset: Option<Duration>,
-    /// Tokens allowed per window (per minute).
+    /// The window of the request limit, when the header's name states it.
+    pub requests_window: Option<Duration>,
+    /// Tokens allowed per window (window unknown unless `tokens_window`).
     pub tokens_limit: Option<u64>,
-    /// Tokens left in the current window.
+    /// Tokens left now.
     pub tokens_remaining: Option<u64>,
-    /// Time until the token window is full again.
+    /// Time until the token limit is full again.
     pub tokens_reset: Option<Duration>,
+    /// The window of the token limit, when the header's name states it.
+    pub tokens_window: Option<Duration>,
 }
 
 impl RateLimitHeaders {
@@ -193,6 +223,8 @@ pub struct Observation {
     pub retry_after: Option<Duration>,
     /// Rate-limit headers that came with the reply.
     pub headers: Option<RateLimitHeaders>,
+    /// For rate-limited outcomes: which limit the provider named.
+    pub scope: LimitScope,
     /// Tokens the call actually used, if known.
     pub tokens_used: Option<u64>,
     /// The tokens that were reserved for the call when it was permitted.
@@ -206,6 +238,7 @@ impl Observation {
             class,
             retry_after: None,
             headers: None,
+            scope: LimitScope::Unknown,
             tokens_used: None,
             tokens_reserved: None,
         }
@@ -221,6 +254,10 @@ impl Observation {
                 _ => None,
             },
             headers: report.rate_limits,
+            scope: match &report.outcome {
+                Outcome::RateLimited { scope, .. } => *scope,
+                _ => LimitScope::Unknown,
+            },
             tokens_used: report.usage.map(|u| u.total()),
             tokens_reserved,
         }

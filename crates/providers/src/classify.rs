@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-use runnel_core::{Outcome, OutcomeClass};
+use runnel_core::{LimitScope, Outcome, OutcomeClass};
 use serde_json::Value;
 
 use crate::quota::{QuotaSignal, quota_signal};
@@ -26,6 +26,8 @@ pub(crate) struct Fault {
     pub(crate) message: String,
     /// For rate limits: the provider's requested pause.
     pub(crate) retry_after: Option<Duration>,
+    /// For rate limits: which limit the provider named.
+    pub(crate) scope: LimitScope,
 }
 
 impl Fault {
@@ -34,6 +36,7 @@ impl Fault {
             class: OutcomeClass::Permanent,
             message: message.into(),
             retry_after: None,
+            scope: LimitScope::Unknown,
         }
     }
 
@@ -42,13 +45,16 @@ impl Fault {
             class: OutcomeClass::Transient,
             message: message.into(),
             retry_after: None,
+            scope: LimitScope::Unknown,
         }
     }
 
     pub(crate) fn rate_limited(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        let message = message.into();
         Self {
             class: OutcomeClass::RateLimited,
-            message: message.into(),
+            scope: limit_scope(&message, None),
+            message,
             retry_after,
         }
     }
@@ -58,6 +64,7 @@ impl Fault {
             class: OutcomeClass::QuotaExhausted,
             message: message.into(),
             retry_after,
+            scope: LimitScope::Unknown,
         }
     }
 
@@ -86,6 +93,7 @@ impl Fault {
         match self.class {
             OutcomeClass::RateLimited => Outcome::RateLimited {
                 retry_after: self.retry_after,
+                scope: self.scope,
                 message,
             },
             OutcomeClass::QuotaExhausted => Outcome::QuotaExhausted {
@@ -114,6 +122,46 @@ pub(crate) fn is_throttling(text: &str) -> bool {
     ]
     .iter()
     .any(|p| lower.contains(p))
+}
+
+/// Which limit a rate-limit reply names: Groq's `error.type` (`"tokens"`,
+/// `"requests"`), else the words of the message — OpenAI's "… on tokens per
+/// min (TPM)", Anthropic's "… input tokens per minute", Together's
+/// `dynamic_token_limited`.
+pub(crate) fn limit_scope(text: &str, json: Option<&Value>) -> LimitScope {
+    let kind = json
+        .and_then(|v| v.pointer("/error/type"))
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    match kind.as_deref() {
+        Some("tokens") => return LimitScope::Tokens,
+        Some("requests") => return LimitScope::Requests,
+        _ => {}
+    }
+    let lower = text.to_ascii_lowercase();
+    let names = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    if names(&[
+        "tokens per min",
+        "tokens per day",
+        "tokens per second",
+        "(tpm)",
+        "(tpd)",
+        "token rate limit",
+        "token_limited",
+    ]) {
+        LimitScope::Tokens
+    } else if names(&[
+        "requests per min",
+        "requests per day",
+        "requests per second",
+        "(rpm)",
+        "(rpd)",
+        "request_limited",
+    ]) {
+        LimitScope::Requests
+    } else {
+        LimitScope::Unknown
+    }
 }
 
 fn text_field(v: &Value, key: &str) -> Option<String> {
@@ -219,7 +267,10 @@ pub(crate) fn classify_status(
         return Fault::quota(message, back_in.or_else(|| retry_after(headers, now)));
     }
     match code {
-        429 | 529 => Fault::rate_limited(message, wait()),
+        429 | 529 => Fault {
+            scope: limit_scope(&detail, json.as_ref()),
+            ..Fault::rate_limited(message, wait())
+        },
         401 => Fault::permanent(message),
         _ if is_throttling(&detail) => Fault::rate_limited(message, wait()),
         408 | 409 | 500..=599 => Fault::transient(message),
@@ -240,6 +291,7 @@ pub(crate) fn classify_error_text(message: String, otherwise: OutcomeClass) -> F
             class: otherwise,
             message,
             retry_after: None,
+            scope: LimitScope::Unknown,
         }
     }
 }
@@ -401,6 +453,57 @@ mod tests {
         assert_eq!(status(429, "").retry_after, None);
     }
 
+    #[test]
+    fn a_429_names_the_limit_it_is_about() {
+        let cases = [
+            (
+                r#"{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 40000, Used 39000, Requested 4000.","type":"tokens","code":"rate_limit_exceeded"}}"#,
+                LimitScope::Tokens,
+            ),
+            (
+                r#"{"error":{"message":"Rate limit reached for model `llama` on requests per minute (RPM): Limit 30, Used 30, Requested 1. Please try again in 2s.","type":"requests","code":"rate_limit_exceeded"}}"#,
+                LimitScope::Requests,
+            ),
+            (
+                r#"{"error":{"message":"Please try again in 5.289s","type":"tokens"}}"#,
+                LimitScope::Tokens,
+            ),
+            (
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed the rate limit for your organization of 40,000 input tokens per minute."}}"#,
+                LimitScope::Tokens,
+            ),
+            (
+                r#"{"error":{"message":"over limit","code":"dynamic_token_limited"}}"#,
+                LimitScope::Tokens,
+            ),
+            (
+                r#"{"error":{"message":"Rate limit reached for requests","type":"requests"}}"#,
+                LimitScope::Requests,
+            ),
+            ("", LimitScope::Unknown),
+            (
+                r#"{"error":{"message":"Too many requests"}}"#,
+                LimitScope::Unknown,
+            ),
+        ];
+        for (body, scope) in cases {
+            let fault = status(429, body);
+            assert_eq!(fault.class, OutcomeClass::RateLimited, "{body}");
+            assert_eq!(fault.scope, scope, "{body}");
+            let outcome = fault.into_outcome(str::to_owned);
+            assert!(matches!(outcome, Outcome::RateLimited { scope: s, .. } if s == scope));
+        }
+        // Throttling found in a stream's error text is scoped by its words.
+        let f = classify_error_text(
+            "rate limit: 6000 tokens per minute".into(),
+            OutcomeClass::Transient,
+        );
+        assert_eq!(
+            (f.class, f.scope),
+            (OutcomeClass::RateLimited, LimitScope::Tokens)
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn any_status_and_body_is_classified_by_the_table(code in 100u16..600, body in ".{0,120}") {
@@ -465,6 +568,7 @@ mod tests {
             outcome,
             Outcome::RateLimited {
                 retry_after: Some(Duration::from_secs(1)),
+                scope: LimitScope::Unknown,
                 message: "slow down [REDACTED]".into()
             }
         );

@@ -714,6 +714,7 @@ async fn whole_runs_through_the_memory_store_complete_with_one_result_each() {
         let outcome = if n % 7 == 3 {
             Outcome::RateLimited {
                 retry_after: Some(Duration::from_millis(500)),
+                scope: crate::LimitScope::Unknown,
                 message: "429".into(),
             }
         } else if n % 11 == 5 {

@@ -331,6 +331,7 @@ impl Sim {
         } else if u < b.p_rate_limited {
             Outcome::RateLimited {
                 retry_after: None,
+                scope: crate::LimitScope::Unknown,
                 message: "429".into(),
             }
         } else if u < b.p_rate_limited + b.p_transient {
