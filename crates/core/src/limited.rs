@@ -197,6 +197,7 @@ mod tests {
         Outcome::RateLimited {
             retry_after: None,
             message: message.into(),
+            scope: crate::outcome::LimitScope::Unknown,
         }
     }
 

@@ -811,6 +811,7 @@ async fn retry_after_waits_are_spread_by_the_configured_fraction() {
                 Outcome::RateLimited {
                     retry_after: Some(pause),
                     message: "429".into(),
+                    scope: crate::outcome::LimitScope::Unknown,
                 }
             } else {
                 Outcome::Success(Reply::Task { output: "o".into() })
