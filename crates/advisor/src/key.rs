@@ -117,6 +117,12 @@ pub struct KeyState {
     /// decreased rate sent. 429s are answered fast, so they come back nearly
     /// in the order their calls were sent.
     decrease_mark: Option<u64>,
+    /// This process's share of the key's rate (1: all of it), from the
+    /// shared rate budget ([`crate::share`]). Learning is in whole-key
+    /// rates; only the buckets run at `rate × share`.
+    share: f64,
+    /// The whole key's token rate (the bucket runs at `× share`).
+    token_full: Option<f64>,
 }
 
 impl KeyState {
@@ -153,6 +159,8 @@ impl KeyState {
             paused_until: None,
             counters: Counters::default(),
             decrease_mark: None,
+            share: 1.0,
+            token_full: None,
         };
         if let Some(t) = token_limit {
             key.set_token_rate(t.max_rate, now);
@@ -325,7 +333,7 @@ impl KeyState {
     /// comes from a new estimate (a 429, headers), not from gradual growth.
     fn sync_request_rate(&mut self, now: Instant, reset: bool) {
         if let (Some(c), Some(b)) = (&self.control, &mut self.requests) {
-            let rate = c.rate();
+            let rate = c.rate() * self.share;
             let tolerance = Explicit::tolerance_at(self.request_limit, rate, self.burst_seconds);
             // A debt run up at a learned rate that proved far too high must
             // not block the key for long, so a new estimate caps it at one
@@ -340,6 +348,8 @@ impl KeyState {
     /// Sets the token rate, capped by the explicit token limit if any.
     fn set_token_rate(&mut self, rate: f64, now: Instant) {
         let rate = self.token_limit.map_or(rate, |t| rate.min(t.max_rate));
+        self.token_full = Some(rate);
+        let rate = rate * self.share;
         let tolerance = Explicit::tolerance_at(self.token_limit, rate, self.burst_seconds);
         self.token_cap = match self.token_limit {
             Some(t) => t.limit,
@@ -358,7 +368,58 @@ impl KeyState {
 
     /// The current token rate (`None`: tokens are not limited).
     pub fn token_rate(&self) -> Option<f64> {
-        self.tokens.as_ref().map(TokenBucket::rate)
+        self.tokens.as_ref().and(self.token_full)
+    }
+
+    /// This process's share of the key's rate (1 unless a shared budget
+    /// set it).
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// Runs the buckets at `share` (in (0, 1]) of the key's rate.
+    pub fn set_share(&mut self, share: f64, now: Instant) {
+        let share = if share.is_finite() {
+            share.clamp(f64::MIN_POSITIVE, 1.0)
+        } else {
+            1.0
+        };
+        if share == self.share {
+            return;
+        }
+        self.share = share;
+        self.sync_request_rate(now, false);
+        if let Some(t) = self.token_full {
+            self.set_token_rate(t, now);
+        }
+    }
+
+    /// Takes the cluster's learned state: `learned` replaces the
+    /// controller's (explicit limits still cap it), `token_rate` the token
+    /// rate, and a pause of `paused_for` is added. See [`crate::share`].
+    pub fn adopt(
+        &mut self,
+        learned: Option<&Learned>,
+        token_rate: Option<f64>,
+        paused_for: Duration,
+        now: Instant,
+    ) {
+        if let (Some(c), Some(l)) = (&mut self.control, learned)
+            && c.learned() != *l
+        {
+            let lower = l.rate < c.rate();
+            c.restore(l);
+            self.sync_request_rate(now, lower);
+        }
+        if let Some(t) = token_rate
+            && self.control.is_some()
+            && self.token_full != Some(t)
+        {
+            self.set_token_rate(t, now);
+        }
+        if !paused_for.is_zero() {
+            self.pause(now, paused_for);
+        }
     }
 
     /// The breaker.

@@ -64,6 +64,7 @@ pub mod config;
 mod error;
 mod key;
 pub mod learn;
+pub mod share;
 
 pub use advisor::{Advisor, AdvisorSnapshot};
 pub use breaker::{Breaker, BreakerSnapshot, BreakerState, Gate, Transition};
@@ -72,3 +73,4 @@ pub use config::{AdvisorConfig, KindDefault, ProviderLimits, ResolvedLimits};
 pub use error::AdvisorError;
 pub use key::{Counters, KeyMetrics, KeySnapshot, KeyState, LearnedFrom, Recorded};
 pub use learn::{Learned, Learning, RateController, Source};
+pub use share::{BudgetConfig, BudgetMode, BudgetSync, KeyBudget};

@@ -23,6 +23,7 @@
 //! provider, advisor) for tests and benchmarks; the store conformance suite of
 //! `runnel-store` runs against it to prove it faithful.
 
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod scheduler;
 pub mod spec;
 pub mod work;
 
+pub use budget::{BudgetReport, BudgetView, RateBudget, SharedRate};
 pub use config::Config;
 pub use engine::{Engine, EngineHandle, Ports};
 pub use error::Error;

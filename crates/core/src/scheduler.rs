@@ -369,6 +369,18 @@ impl Scheduler {
         self.experiments.is_empty()
     }
 
+    /// Jobs ready to run per rate-limit key, over every running experiment
+    /// (read-only): what this process would send to each key if its rate
+    /// allowed. A shared rate budget gives each replica a share of a key's
+    /// rate in proportion to this.
+    pub fn demand_by_key(&self) -> HashMap<RateKey, u64> {
+        let mut demand = HashMap::new();
+        for exp in self.experiments.values() {
+            exp.add_demand(&mut demand);
+        }
+        demand
+    }
+
     /// Buffer sizes of one experiment.
     pub fn counts(&self, id: ExperimentId) -> Option<ExperimentCounts> {
         self.experiments.get(&id).map(|e| e.counts())
