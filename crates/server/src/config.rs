@@ -4,7 +4,7 @@
 //! value stops start-up with one message naming the key.
 //!
 //! Sections: `[server]`, `[database]` (the store), `[scheduler]` (the core),
-//! `[advisor]`, `[providers.NAME]` (one table per provider entry, holding both
+//! `[advisor]`, `[budget]` (the rate budget shared by replicas), `[providers.NAME]` (one table per provider entry, holding both
 //! the client settings of `runnel-providers` and the limits of
 //! `runnel-advisor`), `[auth]`, `[otel]`, `[log]`.
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use runnel_advisor::{AdvisorConfig, ProviderLimits};
+use runnel_advisor::{AdvisorConfig, BudgetConfig, ProviderLimits};
 use runnel_providers::{ProviderEntry, Settings};
 use runnel_store::StoreConfig;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "database",
     "scheduler",
     "advisor",
+    "budget",
     "providers",
     "auth",
     "otel",
@@ -171,6 +172,7 @@ struct Raw {
     database: StoreConfig,
     scheduler: runnel_core::Config,
     advisor: AdvisorConfig,
+    budget: BudgetConfig,
     providers: BTreeMap<String, Map<String, Value>>,
     auth: AuthConfig,
     otel: OtelConfig,
@@ -197,6 +199,8 @@ pub struct RunnelConfig {
     pub scheduler: runnel_core::Config,
     /// `[advisor]`, with the limits of every `[providers.NAME]` merged in.
     pub advisor: AdvisorConfig,
+    /// `[budget]`: one rate budget per key across replicas.
+    pub budget: BudgetConfig,
     /// `[providers.NAME]`.
     pub providers: BTreeMap<String, ProviderSection>,
     /// `[auth]`.
@@ -307,6 +311,7 @@ impl RunnelConfig {
             database: raw.database,
             scheduler: raw.scheduler,
             advisor,
+            budget: raw.budget,
             providers,
             auth: raw.auth,
             otel: raw.otel,
@@ -341,6 +346,10 @@ impl RunnelConfig {
                 ConfigError::new(format!("database.{key}"), message)
             }
             other => ConfigError::new("database", other.to_string()),
+        })?;
+        self.budget.validate().map_err(|e| match e {
+            runnel_advisor::AdvisorError::Config { key, message } => ConfigError::new(key, message),
+            other => ConfigError::new("budget", other.to_string()),
         })?;
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError::new(
@@ -433,6 +442,7 @@ impl RunnelConfig {
                 providers: BTreeMap::new(),
                 ..self.advisor.clone()
             },
+            budget: self.budget.clone(),
             providers: BTreeMap::new(),
             auth: self.auth.clone(),
             otel: self.otel.clone(),
@@ -693,6 +703,8 @@ mod tests {
             "advisor.breaker_cooldown",
             "advisor.probe_timeout",
             "server.rate_state_interval",
+            "budget.sync_interval",
+            "budget.lease",
             "otel.metrics_interval",
         ] {
             let (section, name) = key.split_once('.').unwrap();

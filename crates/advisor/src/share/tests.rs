@@ -356,7 +356,7 @@ fn a_failing_sync_falls_back_to_at_most_an_even_split() {
 #[test]
 fn a_new_key_starts_at_one_share_per_live_replica() {
     let mut rows = Rows::default();
-    let mut replicas = vec![replica(Some(1800), 0), replica(Some(1800), 0)];
+    let mut replicas = [replica(Some(1800), 0), replica(Some(1800), 0)];
     let t = Instant::now();
     // Presence only: no key used yet.
     for (i, r) in replicas.iter_mut().enumerate() {
