@@ -14,12 +14,14 @@
 //! | `fairness.rs` | S5 (4 experiments on one key), S6 (throttled A, unlimited B) |
 //! | `recovery.rs` | S7 (kill -9, restart, takeover), S8 (stop latency) |
 //! | `scale.rs` | S9 (1,000,000 examples: peak RSS, time to first dispatch) |
+//! | `shared.rs` | S12 (one rate budget per key across 3 and 6 replicas) |
 
 mod fairness;
 mod rate;
 mod recovery;
 pub(crate) mod report;
 mod scale;
+mod shared;
 mod throughput;
 
 use std::path::PathBuf;
@@ -57,6 +59,7 @@ pub(crate) const SCENARIOS: &[&Spec] = &[
     &recovery::S8,
     &scale::S9,
     &rate::S10,
+    &shared::S12,
 ];
 
 async fn run_once(id: &str, ctx: &Ctx) -> Result<Run> {
@@ -71,6 +74,7 @@ async fn run_once(id: &str, ctx: &Ctx) -> Result<Run> {
         "S8" => recovery::s8(ctx).await,
         "S9" => scale::s9(ctx).await,
         "S10" => rate::s10(ctx).await,
+        "S12" => shared::s12(ctx).await,
         other => bail!("no scenario {other}"),
     }
 }
