@@ -135,11 +135,11 @@ impl Advisor {
         paused_for: Duration,
         share: f64,
         now: Instant,
-    ) -> Option<KeySnapshot> {
+    ) -> KeySnapshot {
         self.with_key(key, now, |s| {
             s.adopt(learned, token_rate, paused_for, now);
             s.set_share(share, now);
-            Some(s.snapshot(now))
+            s.snapshot(now)
         })
     }
 }

@@ -218,6 +218,60 @@ pub struct KeyBudget {
     /// whether anything was learned locally).
     #[serde(skip)]
     adopted: Option<SharedRate>,
+    /// This replica's successes per second on the key, averaged.
+    #[serde(skip)]
+    goodput: Goodput,
+}
+
+/// The time constant of [`Goodput`]: a few seconds, like the controller's
+/// own average.
+const GOODPUT_TAU_SECS: f64 = 3.0;
+/// The controller sets its last good rate this fraction below the goodput it
+/// measured at a 429 (`learn.rs` uses the same margin).
+const GOOD_MARGIN: f64 = 0.03;
+
+/// Successes per second of this replica on one key, an exponential average
+/// over the syncs (from the advisor's success counter).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Goodput {
+    last: Option<(Instant, u64)>,
+    rate: Option<f64>,
+    /// The average before the last sample: a 429 found at a sync fell in
+    /// the last interval, whose successes the cut already thinned.
+    before: Option<f64>,
+}
+
+impl Goodput {
+    fn sample(&mut self, now: Instant, successes: u64) {
+        if let Some((t, n)) = self.last {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                let r = successes.saturating_sub(n) as f64 / dt;
+                let w = 1.0 - (-dt / GOODPUT_TAU_SECS).exp();
+                self.before = self.rate;
+                self.rate = Some(self.rate.map_or(r, |old| old + w * (r - old)));
+            }
+        }
+        self.last = Some((now, successes));
+    }
+}
+
+/// A decrease learned here, with the last good rate re-estimated from the
+/// whole key's goodput. The controller measured only this replica's
+/// successes, about `share` of the key's, so its estimate sits at its
+/// floor (`decrease_factor` of the rate that drew the 429) and the key would
+/// crawl back; `goodput / share` is what the key carried.
+fn cluster_good(local: &mut SharedRate, goodput: Option<f64>, share: f64, decrease_factor: f64) {
+    let (Some(bad), Some(g)) = (local.last_429_rps, goodput) else {
+        return;
+    };
+    if share >= 1.0 || local.learned_from == "headers" || share <= 0.0 {
+        return;
+    }
+    let good = (g / share).clamp(bad * decrease_factor, bad) * (1.0 - GOOD_MARGIN);
+    if good > local.good_rps {
+        local.good_rps = good;
+    }
 }
 
 /// One replica's side of the shared budget, without I/O: build the reports,
@@ -250,19 +304,34 @@ impl BudgetSync {
         &self.config
     }
 
-    /// The reports of one sync: every key the advisor has a rate for or the
-    /// scheduler has demand for, plus presence.
+    /// The reports of one sync as of `now`: every key the advisor has a
+    /// rate for or the scheduler has demand for, plus presence.
     pub fn reports(
-        &self,
-        snapshot: &AdvisorSnapshot,
+        &mut self,
+        advisor: &Advisor,
         demand: &HashMap<RateKey, u64>,
+        now: Instant,
     ) -> Vec<BudgetReport> {
+        let snapshot: AdvisorSnapshot = advisor.snapshot(now);
+        let metrics = advisor.metrics(now);
+        let decrease_factor = advisor.config().decrease_factor;
         let mut reports = BTreeMap::new();
         for (key, snap) in &snapshot.keys {
-            let Some(local) = shared_rate(snap) else {
+            let Some(mut local) = shared_rate(snap) else {
                 continue; // Unlimited: nothing to share.
             };
             let key = RateKey::from_raw(key.as_str());
+            let known = self.keys.get_mut(&key);
+            let goodput = known.map(|k| {
+                if let Some(m) = metrics.get(key.as_str()) {
+                    k.goodput.sample(now, m.counters.successes);
+                }
+                let g = match (k.goodput.before, k.goodput.rate) {
+                    (Some(b), Some(r)) => Some(b.max(r)),
+                    (b, r) => r.or(b),
+                };
+                (g, k.share)
+            });
             let known = self.keys.get(&key);
             let adopted = known.and_then(|k| k.adopted.as_ref());
             let (proposal, decreased) = match adopted {
@@ -270,6 +339,11 @@ impl BudgetSync {
                 Some(a) => {
                     let lower = local.rate_rps < a.rate_rps
                         || matches!((local.token_rate_tps, a.token_rate_tps), (Some(l), Some(a)) if l < a);
+                    if local.rate_rps < a.rate_rps
+                        && let Some((g, share)) = goodput
+                    {
+                        cluster_good(&mut local, g, share, decrease_factor);
+                    }
                     (Some(local), lower)
                 }
                 None => (Some(local), false),
@@ -340,6 +414,10 @@ impl BudgetSync {
             let token_rate = view.rate.as_ref().and_then(|r| r.token_rate_tps);
             let paused = Duration::from_millis(view.paused_ms);
             let after = advisor.adopt(&view.key, learned.as_ref(), token_rate, paused, share, now);
+            let goodput = self
+                .keys
+                .get(&view.key)
+                .map_or_else(Goodput::default, |k| k.goodput);
             self.keys.insert(
                 view.key.clone(),
                 KeyBudget {
@@ -349,7 +427,8 @@ impl BudgetSync {
                     members: view.members,
                     total_demand: view.total_demand,
                     demand: my,
-                    adopted: after.as_ref().and_then(shared_rate),
+                    adopted: shared_rate(&after),
+                    goodput,
                 },
             );
         }

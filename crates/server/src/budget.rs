@@ -79,7 +79,7 @@ pub async fn sync_every<B: RateBudget>(
             return;
         };
         let now = TokioClock.now();
-        let reports = state.lock().reports(&advisor.snapshot(now), &demand);
+        let reports = state.lock().reports(&advisor, &demand, now);
         // A sync slower than the interval counts as failed: shares older
         // than that no longer follow demand.
         let answer = tokio::time::timeout(

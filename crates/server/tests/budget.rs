@@ -53,7 +53,7 @@ async fn replica(url: &str, name: &str, demand: u64) -> Replica {
 
 async fn sync(r: &mut Replica, now: Instant) {
     let demand = HashMap::from([(key(), r.demand)]);
-    let reports = r.sync.reports(&r.advisor.snapshot(now), &demand);
+    let reports = r.sync.reports(&r.advisor, &demand, now);
     let views =
         r.db.sync(&r.id, r.sync.config().lease, &reports)
             .await

@@ -218,7 +218,7 @@ fn replica(rpm: Option<u64>, demand: u64) -> Replica {
 fn tick(rows: &mut Rows, replicas: &mut [Replica], now: Instant) {
     for (i, r) in replicas.iter_mut().enumerate().filter(|(_, r)| r.alive) {
         let demand = HashMap::from([(key(), r.demand)]);
-        let reports = r.sync.reports(&r.advisor.snapshot(now), &demand);
+        let reports = r.sync.reports(&r.advisor, &demand, now);
         let views = rows.sync(i, r.sync.config().lease, &reports, now);
         r.sync.apply(&r.advisor, &reports, &views, now);
     }
@@ -360,7 +360,7 @@ fn a_new_key_starts_at_one_share_per_live_replica() {
     let t = Instant::now();
     // Presence only: no key used yet.
     for (i, r) in replicas.iter_mut().enumerate() {
-        let reports = r.sync.reports(&r.advisor.snapshot(t), &HashMap::new());
+        let reports = r.sync.reports(&r.advisor, &HashMap::new(), t);
         assert_eq!(reports.len(), 1);
         let views = rows.sync(i, r.sync.config().lease, &reports, t);
         r.sync.apply(&r.advisor, &reports, &views, t);
@@ -368,4 +368,36 @@ fn a_new_key_starts_at_one_share_per_live_replica() {
     assert_eq!(replicas[1].sync.replicas(), 2);
     replicas[1].advisor.try_acquire(&key(), None, t);
     assert_eq!(replicas[1].advisor.share(&key()), Some(0.5));
+}
+
+#[test]
+fn a_429_re_estimates_the_last_good_rate_from_the_whole_keys_goodput() {
+    let mut rows = Rows::default();
+    let mut replicas = vec![
+        replica(Some(1800), 100),
+        replica(Some(1800), 100),
+        replica(Some(1800), 100),
+    ];
+    let mut t = Instant::now();
+    run(&mut rows, &mut replicas, &mut t, 10);
+    let r0 = replicas[0]
+        .advisor
+        .key_metrics(&key(), t)
+        .unwrap()
+        .rate_rps
+        .unwrap();
+    replicas[0]
+        .advisor
+        .record(&key(), &Observation::of(OutcomeClass::RateLimited), t);
+    // Alone, replica 0 measured a third of the key's successes: its own
+    // estimate is the floor, half the rate that drew the 429.
+    let local = replicas[0].advisor.key_metrics(&key(), t).unwrap();
+    assert!(local.last_good_rps.unwrap() < 0.55 * r0, "{local:?}");
+    t += Duration::from_millis(500);
+    tick(&mut rows, &mut replicas, t);
+    let row = &rows.rows[&key()].1;
+    assert!(row.rate_rps < 0.55 * r0, "the cut applies: {row:?}");
+    assert!(row.good_rps > 0.9 * r0, "the key's goodput: {row:?}");
+    let other = replicas[2].advisor.key_metrics(&key(), t).unwrap();
+    assert_eq!(other.rate_rps, Some(row.rate_rps));
 }
