@@ -2,8 +2,9 @@
 //! on first use, implementing the `runnel_core::Advisor` port.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use runnel_core::{Acquire, Observation, RateKey};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,9 @@ use crate::learn::Learned;
 pub struct Advisor {
     config: AdvisorConfig,
     keys: RwLock<HashMap<RateKey, Mutex<KeyState>>>,
+    /// The share a new key starts with (`f64` bits): 1 / the live replicas
+    /// last seen by the shared budget ([`crate::share`]), 1 without one.
+    default_share: AtomicU64,
 }
 
 impl Advisor {
@@ -32,6 +36,7 @@ impl Advisor {
         Ok(Self {
             config,
             keys: RwLock::new(HashMap::new()),
+            default_share: AtomicU64::new(1.0_f64.to_bits()),
         })
     }
 
@@ -51,7 +56,10 @@ impl Advisor {
         let mut map = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         let state = map.entry(key.clone()).or_insert_with(|| {
             let limits = self.config.resolve(key.provider());
-            Mutex::new(KeyState::new(&self.config, limits, now))
+            let mut state = KeyState::new(&self.config, limits, now);
+            let share = f64::from_bits(self.default_share.load(Ordering::Relaxed));
+            state.set_share(share, now);
+            Mutex::new(state)
         });
         f(state.get_mut().unwrap_or_else(PoisonError::into_inner))
     }
@@ -114,6 +122,45 @@ impl Advisor {
             });
         }
         Ok(())
+    }
+}
+
+impl Advisor {
+    /// The share of its rate a key not used yet starts with.
+    pub fn set_default_share(&self, share: f64) {
+        self.default_share.store(
+            share.clamp(f64::MIN_POSITIVE, 1.0).to_bits(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Runs `key`'s buckets at `share` of its rate (see [`crate::share`]).
+    pub fn set_share(&self, key: &RateKey, share: f64, now: Instant) {
+        self.with_key(key, now, |s| s.set_share(share, now));
+    }
+
+    /// The share of `key`, if it has been used.
+    pub fn share(&self, key: &RateKey) -> Option<f64> {
+        let map = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).map(|s| lock(s).share())
+    }
+
+    /// Takes the shared budget's view of `key` (learned state, token rate,
+    /// pause) and its `share`; returns the key's state afterwards.
+    pub fn adopt(
+        &self,
+        key: &RateKey,
+        learned: Option<&Learned>,
+        token_rate: Option<f64>,
+        paused_for: Duration,
+        share: f64,
+        now: Instant,
+    ) -> KeySnapshot {
+        self.with_key(key, now, |s| {
+            s.adopt(learned, token_rate, paused_for, now);
+            s.set_share(share, now);
+            s.snapshot(now)
+        })
     }
 }
 

@@ -124,6 +124,10 @@ struct Dimension {
     /// decreased rate sent. 429s are answered fast, so they come back nearly
     /// in the order their calls were sent.
     decrease_mark: Option<u64>,
+    /// This process's share of the key's rate (1: all of it), from the
+    /// shared rate budget ([`crate::share`]). Learning is in whole-key
+    /// rates; only the bucket runs at `rate × share`.
+    share: f64,
 }
 
 impl Dimension {
@@ -147,13 +151,14 @@ impl Dimension {
             exhausted: false,
             cut_since_success: false,
             decrease_mark: None,
+            share: 1.0,
         }
     }
 
     /// Gives the bucket the controller's rate. `reset`: the rate comes from a
     /// new estimate (a 429, headers), not from gradual growth.
     fn sync(&mut self, burst_seconds: f64, now: Instant, reset: bool) {
-        let rate = self.control.rate();
+        let rate = self.control.rate() * self.share;
         let tolerance = Explicit::tolerance_at(self.limit, rate, burst_seconds);
         // A debt run up at a learned rate that proved far too high must not
         // block the key for long, so a new estimate caps it at one empty
@@ -301,6 +306,9 @@ pub struct KeyState {
     quota: Option<QuotaWait>,
     quota_probe: Duration,
     probe_timeout: Duration,
+    /// This process's share of the key's rate, given to every dimension
+    /// (also to a token dimension created later).
+    share: f64,
     counters: Counters,
 }
 
@@ -326,6 +334,7 @@ impl KeyState {
             quota_probe: config.quota_probe_interval,
             probe_timeout: config.probe_timeout,
             counters: Counters::default(),
+            share: 1.0,
         };
         if !limits.unlimited {
             let request_limit = limits.rpm.map(|rpm| Explicit::new(rpm, bs));
@@ -362,13 +371,10 @@ impl KeyState {
                 // Nothing known of the tokens sent: one call's worth a second.
                 self.usage.per_call.max(1.0)
             };
-            self.tokens = Some(Dimension::new(
-                self.learning,
-                initial,
-                None,
-                self.burst_seconds,
-                now,
-            ));
+            let mut d = Dimension::new(self.learning, initial, None, self.burst_seconds, now);
+            d.share = self.share;
+            d.sync(self.burst_seconds, now, false);
+            self.tokens = Some(d);
         }
         let d = self.tokens.as_mut()?;
         if d.limit.is_none() {
@@ -635,7 +641,8 @@ impl KeyState {
 
     /// The current token rate (`None`: tokens are not paced).
     pub fn token_rate(&self) -> Option<f64> {
-        self.tokens.as_ref().map(|d| d.bucket.rate())
+        // The whole key's rate; the bucket runs at this times the share.
+        self.tokens.as_ref().map(|d| d.control.rate())
     }
 
     /// What the request-rate learning knows (`None`: unlimited), for a
@@ -655,6 +662,63 @@ impl KeyState {
         if let Some(d) = &mut self.requests {
             d.control.adopt(rps, now);
             d.sync(bs, now, true);
+        }
+    }
+
+    /// This process's share of the key's rate (1 unless a shared budget
+    /// set it).
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// Runs the buckets at `share` (in (0, 1]) of the key's rate.
+    pub fn set_share(&mut self, share: f64, now: Instant) {
+        let share = if share.is_finite() {
+            share.clamp(f64::MIN_POSITIVE, 1.0)
+        } else {
+            1.0
+        };
+        if share == self.share {
+            return;
+        }
+        self.share = share;
+        let bs = self.burst_seconds;
+        for d in [&mut self.requests, &mut self.tokens].into_iter().flatten() {
+            d.share = share;
+            d.sync(bs, now, false);
+        }
+    }
+
+    /// Takes the cluster's learned state: `learned` replaces the request
+    /// controller's (explicit limits still cap it), `token_rate` the token
+    /// rate, and a pause of `paused_for` is added. See [`crate::share`].
+    pub fn adopt(
+        &mut self,
+        learned: Option<&Learned>,
+        token_rate: Option<f64>,
+        paused_for: Duration,
+        now: Instant,
+    ) {
+        let bs = self.burst_seconds;
+        if let (Some(d), Some(l)) = (&mut self.requests, learned)
+            && d.control.learned() != *l
+        {
+            let lower = l.rate < d.control.rate();
+            d.control.restore(l);
+            d.sync(bs, now, lower);
+        }
+        if let Some(t) = token_rate
+            && t.is_finite()
+            && t > 0.0
+            && self.token_rate() != Some(t)
+            && let Some(d) = self.tokens_at(t, now)
+        {
+            let lower = t < d.control.rate();
+            d.control.adopt(t, now);
+            d.sync(bs, now, lower);
+        }
+        if !paused_for.is_zero() {
+            self.pause(now, paused_for);
         }
     }
 

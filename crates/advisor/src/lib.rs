@@ -71,6 +71,7 @@ mod error;
 mod key;
 pub mod learn;
 mod quota;
+pub mod share;
 
 pub use advisor::{Advisor, AdvisorSnapshot};
 pub use breaker::{Breaker, BreakerSnapshot, BreakerState, Gate, Transition};
@@ -79,3 +80,4 @@ pub use config::{AdvisorConfig, KindDefault, ProviderLimits, ResolvedLimits};
 pub use error::AdvisorError;
 pub use key::{Counters, KeyMetrics, KeySnapshot, KeyState, LearnedFrom, Recorded};
 pub use learn::{Learned, Learning, RateController, Refill, Source};
+pub use share::{BudgetConfig, BudgetMode, BudgetSync, KeyBudget};

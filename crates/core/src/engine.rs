@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::Error;
 use crate::experiment::WriteResult;
-use crate::ids::{Claim, ExperimentId, ReplicaId};
+use crate::ids::{Claim, ExperimentId, RateKey, ReplicaId};
 use crate::outcome::{CallReport, Outcome};
 use crate::ports::{
     AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink, Finish, Provider,
@@ -100,6 +100,7 @@ enum Command {
         why: Departure,
     },
     Shutdown(oneshot::Sender<Vec<Claim>>),
+    Demand(oneshot::Sender<HashMap<RateKey, u64>>),
 }
 
 /// Controls a running engine. Cheap to clone.
@@ -117,6 +118,7 @@ impl std::fmt::Debug for Command {
             Command::Adopt { claim, .. } => write!(f, "Adopt({})", claim.experiment),
             Command::Stop { experiment, .. } => write!(f, "Stop({experiment})"),
             Command::Shutdown(_) => f.write_str("Shutdown"),
+            Command::Demand(_) => f.write_str("Demand"),
         }
     }
 }
@@ -168,6 +170,14 @@ impl EngineHandle {
             .await
             .map(|_| ())
             .map_err(|_| Error::EngineGone)
+    }
+
+    /// Jobs ready per rate-limit key right now
+    /// ([`Scheduler::demand_by_key`]), for the shared rate budget.
+    pub async fn demand(&self) -> Result<HashMap<RateKey, u64>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Demand(tx))?;
+        rx.await.map_err(|_| Error::EngineGone)
     }
 
     /// Live figures.
@@ -485,6 +495,7 @@ where
                 }
             }
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply)),
+            Command::Demand(reply) => drop(reply.send(self.scheduler.demand_by_key())),
         }
     }
 

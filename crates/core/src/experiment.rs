@@ -24,7 +24,7 @@
 //! store calls are requested as [`Action`]s.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -385,6 +385,24 @@ impl ExperimentState {
     /// Asks for the next job in priority order: evals, then retries whose
     /// backoff has elapsed, then new tasks. A class whose head is throttled
     /// does not block a later class with a permitted key.
+    /// Adds the jobs this experiment has ready, per rate-limit key, to
+    /// `demand`: buffered evals, retries (due or not: they will be soon) and
+    /// buffered tasks. Nothing while draining: no more calls will start.
+    pub(crate) fn add_demand(&self, demand: &mut HashMap<RateKey, u64>) {
+        if !self.is_running() {
+            return;
+        }
+        for job in &self.evals {
+            *demand.entry(job.key.clone()).or_default() += 1;
+        }
+        for retry in &self.retries {
+            *demand.entry(retry.job.key.clone()).or_default() += 1;
+        }
+        if !self.tasks.is_empty() {
+            *demand.entry(self.task_key.clone()).or_default() += self.tasks.len() as u64;
+        }
+    }
+
     pub(crate) fn next_job<A: Advisor + ?Sized>(
         &mut self,
         now: Instant,

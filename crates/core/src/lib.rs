@@ -24,6 +24,7 @@
 //! the store conformance suite of `runnel-store` runs against it to prove it
 //! faithful. Production builds do not compile it.
 
+pub mod budget;
 pub mod config;
 pub mod duration;
 pub mod engine;
@@ -41,6 +42,7 @@ pub mod scheduler;
 pub mod spec;
 pub mod work;
 
+pub use budget::{BudgetReport, BudgetView, RateBudget, SharedRate};
 pub use config::Config;
 pub use engine::{Engine, EngineHandle, Ports};
 pub use error::Error;

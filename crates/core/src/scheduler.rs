@@ -15,14 +15,14 @@
 //! with K always-ready experiments the dispatch counts never differ by more
 //! than one, and a throttled experiment never holds a slot or delays another.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::experiment::{ExperimentState, Mode, Next};
 use crate::fasthash::FastMap;
-use crate::ids::{Claim, ExperimentId};
+use crate::ids::{Claim, ExperimentId, RateKey};
 use crate::limited::KeyNotes;
 use crate::outcome::{CallReport, Observation};
 use crate::ports::{Advisor, Departure, LogLevel, RunWrite};
@@ -396,6 +396,18 @@ impl Scheduler {
     /// Whether no experiment is in the scheduler.
     pub fn is_empty(&self) -> bool {
         self.experiments.is_empty()
+    }
+
+    /// Jobs ready to run per rate-limit key, over every running experiment
+    /// (read-only): what this process would send to each key if its rate
+    /// allowed. A shared rate budget gives each replica a share of a key's
+    /// rate in proportion to this.
+    pub fn demand_by_key(&self) -> HashMap<RateKey, u64> {
+        let mut demand = HashMap::new();
+        for exp in self.experiments.values() {
+            exp.add_demand(&mut demand);
+        }
+        demand
     }
 
     /// Buffer sizes of one experiment.

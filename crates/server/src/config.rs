@@ -4,7 +4,7 @@
 //! value stops start-up with one message naming the key.
 //!
 //! Sections: `[server]`, `[database]` (the store), `[scheduler]` (the core),
-//! `[advisor]`, `[providers.NAME]` (one table per provider entry, holding both
+//! `[advisor]`, `[budget]` (the rate budget shared by replicas), `[providers.NAME]` (one table per provider entry, holding both
 //! the client settings of `runnel-providers` and the limits of
 //! `runnel-advisor`), `[calls]` (the settings `runnel-providers` applies to
 //! every entry), `[auth]`, `[otel]`, `[log]`.
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use runnel_advisor::{AdvisorConfig, ProviderLimits};
+use runnel_advisor::{AdvisorConfig, BudgetConfig, ProviderLimits};
 use runnel_providers::{ProviderEntry, Settings};
 use runnel_store::StoreConfig;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "database",
     "scheduler",
     "advisor",
+    "budget",
     "providers",
     "calls",
     "auth",
@@ -205,6 +206,7 @@ struct Raw {
     database: StoreConfig,
     scheduler: runnel_core::Config,
     advisor: AdvisorConfig,
+    budget: BudgetConfig,
     providers: BTreeMap<String, Map<String, Value>>,
     calls: Settings,
     auth: AuthConfig,
@@ -232,6 +234,8 @@ pub struct RunnelConfig {
     pub scheduler: runnel_core::Config,
     /// `[advisor]`, with the limits of every `[providers.NAME]` merged in.
     pub advisor: AdvisorConfig,
+    /// `[budget]`: one rate budget per key across replicas.
+    pub budget: BudgetConfig,
     /// `[providers.NAME]`.
     pub providers: BTreeMap<String, ProviderSection>,
     /// `[calls]`: settings of every provider entry (the timeouts in it are
@@ -345,6 +349,7 @@ impl RunnelConfig {
             database: raw.database,
             scheduler: raw.scheduler,
             advisor,
+            budget: raw.budget,
             providers,
             calls: raw.calls,
             auth: raw.auth,
@@ -380,6 +385,10 @@ impl RunnelConfig {
                 ConfigError::new(format!("database.{key}"), message)
             }
             other => ConfigError::new("database", other.to_string()),
+        })?;
+        self.budget.validate().map_err(|e| match e {
+            runnel_advisor::AdvisorError::Config { key, message } => ConfigError::new(key, message),
+            other => ConfigError::new("budget", other.to_string()),
         })?;
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError::new(
@@ -522,6 +531,7 @@ impl RunnelConfig {
                 providers: BTreeMap::new(),
                 ..self.advisor.clone()
             },
+            budget: self.budget.clone(),
             providers: BTreeMap::new(),
             calls: self.calls.clone(),
             auth: self.auth.clone(),
@@ -897,6 +907,8 @@ mod tests {
             "server.events_status_poll",
             "server.listen_retry",
             "scheduler.max_call_timeout",
+            "budget.sync_interval",
+            "budget.lease",
             "otel.metrics_interval",
         ] {
             let (section, name) = key.split_once('.').unwrap();

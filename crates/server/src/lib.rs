@@ -15,6 +15,7 @@
 //! `runnel-core` and `runnel-advisor`.
 
 pub mod api;
+pub mod budget;
 pub mod bus;
 pub mod cli;
 pub mod config;

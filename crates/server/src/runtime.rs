@@ -1,6 +1,7 @@
 //! Wiring: builds the adapters from the configuration, hands them to the
 //! engine, and runs the background tasks of a replica — the PostgreSQL
-//! notification listener and the periodic saving of learned rate limits.
+//! notification listener, the periodic saving of learned rate limits and the
+//! sync of the rate budget shared by replicas (`crate::budget`).
 //! No scheduling decision is made here.
 
 use std::future::Future;
@@ -10,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use runnel_advisor::{Advisor, AdvisorSnapshot, KeySnapshot};
 use runnel_core::engine::{Engine, EngineHandle, Ports};
-use runnel_core::{Clock, RateKey};
+use runnel_core::{Clock, RateBudget, RateKey};
 use runnel_providers::Providers;
 use runnel_store::{ControlKind, Db, Heard};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use crate::budget::BudgetState;
 use crate::bus::Bus;
 use crate::config::RunnelConfig;
 use crate::state::AppState;
@@ -89,6 +91,8 @@ impl Runtime {
             tracing::warn!(provider = %problem.entry, "{}", problem.message);
         }
         let metrics = Arc::new(Metrics::new(&config, advisor.clone())?);
+        let budget = BudgetState::new(config.budget.clone());
+        metrics.attach_budget(budget.clone());
         let bus = Arc::new(Bus::new(metrics.clone(), config.server.event_buffer));
         let ports = Ports {
             store: db.clone(),
@@ -122,6 +126,13 @@ impl Runtime {
             let retry = config.server.listen_retry;
             background.push(tokio::spawn(listen(listener, handle.clone(), retry)));
         }
+        background.push(tokio::spawn(crate::budget::sync_every(
+            db.clone(),
+            advisor.clone(),
+            handle.clone(),
+            state.replica.clone(),
+            budget,
+        )));
         background.push(tokio::spawn(save_rate_state_every(
             db.clone(),
             advisor.clone(),
@@ -157,6 +168,10 @@ impl Runtime {
             task.abort();
         }
         save_rate_state(&self.state.db, &self.advisor).await;
+        // Hand this replica's shares back at once rather than after the lease.
+        if let Err(e) = RateBudget::leave(&*self.state.db, &self.state.replica).await {
+            tracing::debug!(error = %e, "could not leave the rate budget; its lease will lapse");
+        }
         self.state.metrics.shutdown();
         match Arc::try_unwrap(self.state.db) {
             Ok(db) => db.close().await,

@@ -16,13 +16,14 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus::{Encoder, TextEncoder};
-use runnel_advisor::{Advisor, KeyMetrics};
+use runnel_advisor::{Advisor, BudgetMode, KeyBudget, KeyMetrics};
 use runnel_core::engine::EngineHandle;
 use runnel_core::{Departure, EngineEvent, ExperimentStatus, OutcomeClass};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::budget::BudgetState;
 use crate::config::{LogFormat, RunnelConfig};
 
 /// Installs the global tracing subscriber: the configured format and filter,
@@ -98,6 +99,26 @@ fn per_key<T: 'static>(
 /// Where slot figures come from (set once the engine exists).
 type EngineCell = Arc<OnceLock<EngineHandle>>;
 
+/// Where shared-budget figures come from (set once the runtime starts).
+type BudgetCell = Arc<OnceLock<BudgetState>>;
+
+/// A callback observing one shared-budget figure per key (labelled `key`).
+fn per_budget_key<T: 'static>(
+    cell: &BudgetCell,
+    value: impl Fn(&KeyBudget) -> Option<T> + Send + Sync + 'static,
+) -> impl Fn(&dyn AsyncInstrument<T>) + Send + Sync + 'static {
+    let cell = cell.clone();
+    move |o| {
+        if let Some(b) = cell.get() {
+            for (key, k) in b.lock().keys() {
+                if let Some(v) = value(k) {
+                    o.observe(v, &[KeyValue::new("key", key.as_str().to_owned())]);
+                }
+            }
+        }
+    }
+}
+
 /// Every metric of DESIGN §9.
 pub struct Metrics {
     registry: prometheus::Registry,
@@ -113,6 +134,7 @@ pub struct Metrics {
     departures: Counter<u64>,
     experiments: Gauge<u64>,
     engine: EngineCell,
+    budget: BudgetCell,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,6 +238,47 @@ impl Metrics {
             .with_callback(per_key(&advisor, |m| Some(m.counters.permits)))
             .build();
 
+        let budget: BudgetCell = Arc::new(OnceLock::new());
+        let _cluster_rate = meter
+            .f64_observable_gauge("runnel_budget_cluster_rate")
+            .with_description(
+                "The whole key's request rate in the shared budget (all replicas), per second",
+            )
+            .with_callback(per_budget_key(&budget, |k| k.cluster_rps))
+            .build();
+        let _share = meter
+            .f64_observable_gauge("runnel_budget_share")
+            .with_description("This replica's share of each key's rate (0 to 1)")
+            .with_callback(per_budget_key(&budget, |k| Some(k.share)))
+            .build();
+        let _members = meter
+            .u64_observable_gauge("runnel_budget_members")
+            .with_description("Live replicas sharing each key's rate")
+            .with_callback(per_budget_key(&budget, |k| Some(u64::from(k.members))))
+            .build();
+        let fallback = budget.clone();
+        let _fallback = meter
+            .u64_observable_gauge("runnel_budget_fallback")
+            .with_description(
+                "1 while the shared budget cannot be synced and local conservative shares apply",
+            )
+            .with_callback(move |o| {
+                if let Some(b) = fallback.get() {
+                    o.observe(u64::from(b.lock().mode() == BudgetMode::Fallback), &[]);
+                }
+            })
+            .build();
+        let failures = budget.clone();
+        let _failures = meter
+            .u64_observable_counter("runnel_budget_sync_failures")
+            .with_description("Shared-budget syncs that failed or timed out")
+            .with_callback(move |o| {
+                if let Some(b) = failures.get() {
+                    o.observe(b.lock().failures(), &[]);
+                }
+            })
+            .build();
+
         let metrics = Self {
             jobs: meter
                 .u64_counter("runnel_jobs")
@@ -262,6 +325,7 @@ impl Metrics {
             registry,
             provider,
             engine,
+            budget,
         };
         // Counters without labels are exposed at zero from the start: a
         // series that appears only with its first event cannot be alerted
@@ -275,6 +339,16 @@ impl Metrics {
     /// Connects the slot gauges to the engine.
     pub fn attach_engine(&self, engine: EngineHandle) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Connects the shared-budget gauges (and `/readyz`) to the sync state.
+    pub fn attach_budget(&self, budget: BudgetState) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// The shared budget's state, once attached.
+    pub fn budget(&self) -> Option<&BudgetState> {
+        self.budget.get()
     }
 
     /// Counts one engine event.

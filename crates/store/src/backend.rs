@@ -153,6 +153,53 @@ macro_rules! fence {
 }
 pub(crate) use fence;
 
+/// The rows of a shared-budget sync, as a `VALUES` list named `v` (the
+/// rows follow). Per row: key, replica, lease_ms, demand, based_on,
+/// decreased, rate_rps, good_rps, last_429_rps, learned_from,
+/// token_rate_tps, paused_ms.
+macro_rules! budget_rows {
+    () => {
+        "WITH v (key, replica, lease_ms, demand, based_on, decreased, rate_rps, good_rps,
+                 last_429_rps, learned_from, token_rate_tps, paused_ms) AS (VALUES "
+    };
+}
+pub(crate) use budget_rows;
+
+/// How a report `v` changes its key's row `b` (the merge rule of
+/// `runnel_advisor::share::merge`): a proposal made on the current version
+/// applies up or down, a decrease applies if it is below the row, a stale
+/// increase is dropped. The pause is set by each dialect.
+macro_rules! budget_merge {
+    () => {
+        "version = b.version + CASE WHEN (v.rate_rps IS NOT NULL AND (v.based_on = b.version
+                                  OR (v.decreased AND v.rate_rps < b.rate_rps)))
+                               OR (v.token_rate_tps IS NOT NULL AND (v.based_on = b.version
+                                  OR b.token_rate_tps IS NULL OR v.token_rate_tps < b.token_rate_tps))
+                               THEN 1 ELSE 0 END,
+         rate_rps = CASE WHEN v.rate_rps IS NOT NULL AND (v.based_on = b.version
+                         OR (v.decreased AND v.rate_rps < b.rate_rps)) THEN v.rate_rps ELSE b.rate_rps END,
+         good_rps = CASE WHEN v.rate_rps IS NOT NULL AND (v.based_on = b.version
+                         OR (v.decreased AND v.rate_rps < b.rate_rps)) THEN v.good_rps ELSE b.good_rps END,
+         last_429_rps = CASE WHEN v.rate_rps IS NOT NULL AND (v.based_on = b.version
+                         OR (v.decreased AND v.rate_rps < b.rate_rps)) THEN v.last_429_rps ELSE b.last_429_rps END,
+         learned_from = CASE WHEN v.rate_rps IS NOT NULL AND (v.based_on = b.version
+                         OR (v.decreased AND v.rate_rps < b.rate_rps)) THEN v.learned_from ELSE b.learned_from END,
+         token_rate_tps = CASE WHEN v.token_rate_tps IS NOT NULL AND (v.based_on = b.version
+                         OR b.token_rate_tps IS NULL OR v.token_rate_tps < b.token_rate_tps)
+                         THEN v.token_rate_tps ELSE b.token_rate_tps END, "
+    };
+}
+pub(crate) use budget_merge;
+
+/// The columns of a new budget row, from the report `v`.
+macro_rules! budget_insert {
+    () => {
+        "INSERT INTO rate_budgets (key, version, rate_rps, good_rps, last_429_rps, learned_from,
+                                   token_rate_tps, paused_until) "
+    };
+}
+pub(crate) use budget_insert;
+
 /// A database runnel can use, with its dialect.
 pub(crate) trait Backend: sqlx::Database<Connection: Migrate> {
     /// The statement that opens a transaction that will write. SQLite takes
@@ -332,6 +379,14 @@ pub(crate) struct Sql {
     pub(crate) save_rate_state: &'static str,
     /// Every advisor state → (key, state).
     pub(crate) load_rate_state: &'static str,
+    /// One shared-budget sync, run in order in one transaction (a single
+    /// statement on PostgreSQL: one round trip). Rows as `budget_rows!`; the
+    /// last statement returns, per row: (key, version, rate_rps, good_rps,
+    /// last_429_rps, learned_from, token_rate_tps, paused_ms, total demand of
+    /// the live members, live members).
+    pub(crate) budget_sync: &'static [MultiRow],
+    /// Removes a replica from every budget. Binds: 1 replica.
+    pub(crate) budget_leave: &'static str,
     /// → (1) when the migrations table exists.
     pub(crate) migrations_table_exists: &'static str,
     /// → (highest successfully applied version or NULL, whether a failed

@@ -445,6 +445,21 @@ impl std::fmt::Debug for Db {
     }
 }
 
+impl runnel_core::RateBudget for Db {
+    async fn sync(
+        &self,
+        replica: &ReplicaId,
+        lease: Duration,
+        reports: &[runnel_core::BudgetReport],
+    ) -> Result<Vec<runnel_core::BudgetView>, runnel_core::Error> {
+        Ok(on!(self, s => s.core.budget_sync(replica, lease, reports).await)?)
+    }
+
+    async fn leave(&self, replica: &ReplicaId) -> Result<(), runnel_core::Error> {
+        Ok(on!(self, s => s.core.budget_leave(replica).await)?)
+    }
+}
+
 impl Store for Db {
     async fn reclaim_own(&self, replica: &ReplicaId) -> Result<Vec<Claim>, runnel_core::Error> {
         Ok(on!(self, s => s.core.reclaim_own(replica).await)?)

@@ -8,8 +8,8 @@ use sqlx::Postgres;
 use sqlx::migrate::Migrator;
 
 use crate::backend::{
-    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, dataset_view, experiment_view,
-    fence, result_view, run_rows, run_upsert,
+    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, budget_insert, budget_merge,
+    budget_rows, dataset_view, experiment_view, fence, result_view, run_rows, run_upsert,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -223,6 +223,57 @@ static SQL: Sql = Sql {
     save_rate_state: "INSERT INTO rate_limit_state (key, state, updated_at) VALUES ($1, $2, now())
                       ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
     load_rate_state: "SELECT key, state FROM rate_limit_state ORDER BY key",
+    budget_sync: &[MultiRow {
+        head: budget_rows!(),
+        casts: &[
+            "::text", "::text", "::bigint", "::bigint", "::bigint", "::boolean", "::float8",
+            "::float8", "::float8", "::text", "::float8", "::bigint",
+        ],
+        tail: concat!(
+            "),
+             gc AS (DELETE FROM rate_budget_members g
+                    USING (SELECT DISTINCT replica, lease_ms FROM v) l
+                    WHERE g.replica <> l.replica
+                      AND g.seen_at < now() - l.lease_ms * 10 * interval '1 millisecond'),
+             m AS (INSERT INTO rate_budget_members (key, replica, demand, seen_at)
+                   SELECT key, replica, demand, now() FROM v
+                   ON CONFLICT (key, replica)
+                   DO UPDATE SET demand = excluded.demand, seen_at = excluded.seen_at),
+             u AS (UPDATE rate_budgets AS b SET ",
+            budget_merge!(),
+            "paused_until = GREATEST(b.paused_until, CASE WHEN v.paused_ms > 0
+                                         THEN now() + v.paused_ms * interval '1 millisecond' END),
+                   updated_at = now()
+                   FROM v WHERE b.key = v.key
+                   RETURNING b.key, b.version, b.rate_rps, b.good_rps, b.last_429_rps,
+                             b.learned_from, b.token_rate_tps, b.paused_until),
+             i AS (",
+            budget_insert!(),
+            "SELECT v.key, 1, v.rate_rps, v.good_rps, v.last_429_rps, v.learned_from,
+                          v.token_rate_tps,
+                          CASE WHEN v.paused_ms > 0 THEN now() + v.paused_ms * interval '1 millisecond' END
+                   FROM v
+                   WHERE v.rate_rps IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM rate_budgets e WHERE e.key = v.key)
+                   ON CONFLICT (key) DO NOTHING
+                   RETURNING key, version, rate_rps, good_rps, last_429_rps, learned_from,
+                             token_rate_tps, paused_until),
+             r AS (SELECT * FROM u UNION ALL SELECT * FROM i)
+             SELECT v.key, COALESCE(r.version, 0), r.rate_rps, r.good_rps, r.last_429_rps,
+                    r.learned_from, r.token_rate_tps,
+                    COALESCE(CAST(GREATEST(0, EXTRACT(EPOCH FROM (r.paused_until - now())) * 1000)
+                                  AS bigint), 0),
+                    v.demand + COALESCE((SELECT SUM(o.demand) FROM rate_budget_members o
+                                WHERE o.key = v.key AND o.replica <> v.replica
+                                  AND o.seen_at > now() - v.lease_ms * interval '1 millisecond'),
+                               0)::bigint,
+                    1 + (SELECT COUNT(*) FROM rate_budget_members o
+                         WHERE o.key = v.key AND o.replica <> v.replica
+                           AND o.seen_at > now() - v.lease_ms * interval '1 millisecond')
+             FROM v LEFT JOIN r ON r.key = v.key"
+        ),
+    }],
+    budget_leave: "DELETE FROM rate_budget_members WHERE replica = $1",
     migrations_table_exists: "SELECT 1 WHERE to_regclass('_sqlx_migrations') IS NOT NULL",
     migration_state: "SELECT MAX(version) FILTER (WHERE success), COUNT(*) FILTER (WHERE NOT success) > 0
                       FROM _sqlx_migrations",

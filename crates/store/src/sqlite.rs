@@ -7,8 +7,8 @@ use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
 
 use crate::backend::{
-    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, dataset_view, experiment_view,
-    fence, result_view, run_rows, run_upsert,
+    Backend, MultiRow, Sql, annotation_rows, annotation_upsert, budget_insert, budget_merge,
+    budget_rows, dataset_view, experiment_view, fence, result_view, run_rows, run_upsert,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -184,6 +184,71 @@ static SQL: Sql = Sql {
          ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
     ),
     load_rate_state: "SELECT key, state FROM rate_limit_state ORDER BY key",
+    budget_sync: &[
+        MultiRow {
+            head: budget_rows!(),
+            casts: &[""; 12],
+            tail: ") DELETE FROM rate_budget_members
+                   WHERE replica <> (SELECT replica FROM v LIMIT 1)
+                     AND seen_at < strftime('%Y-%m-%dT%H:%M:%fZ',
+                                   julianday('now') - (SELECT lease_ms FROM v LIMIT 1) * 10 / 86400000.0)",
+        },
+        MultiRow {
+            head: budget_rows!(),
+            casts: &[""; 12],
+            tail: concat!(
+                ") INSERT INTO rate_budget_members (key, replica, demand, seen_at)
+                   SELECT key, replica, demand, ", now!(), " FROM v WHERE true
+                   ON CONFLICT (key, replica)
+                   DO UPDATE SET demand = excluded.demand, seen_at = excluded.seen_at"
+            ),
+        },
+        MultiRow {
+            head: budget_rows!(),
+            casts: &[""; 12],
+            tail: concat!(
+                ") UPDATE rate_budgets AS b SET ",
+                budget_merge!(),
+                "paused_until = CASE WHEN v.paused_ms > 0 AND (b.paused_until IS NULL
+                       OR b.paused_until < strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') + v.paused_ms / 86400000.0))
+                     THEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') + v.paused_ms / 86400000.0)
+                     ELSE b.paused_until END,
+                   updated_at = ", now!(), "
+                 FROM v WHERE b.key = v.key"
+            ),
+        },
+        MultiRow {
+            head: budget_rows!(),
+            casts: &[""; 12],
+            tail: concat!(
+                ") ",
+                budget_insert!(),
+                "SELECT key, 1, rate_rps, good_rps, last_429_rps, learned_from, token_rate_tps,
+                        CASE WHEN paused_ms > 0
+                             THEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') + paused_ms / 86400000.0) END
+                 FROM v WHERE rate_rps IS NOT NULL
+                 ON CONFLICT (key) DO NOTHING"
+            ),
+        },
+        MultiRow {
+            head: budget_rows!(),
+            casts: &[""; 12],
+            tail: ") SELECT v.key, COALESCE(r.version, 0), r.rate_rps, r.good_rps, r.last_429_rps,
+                          r.learned_from, r.token_rate_tps,
+                          COALESCE(MAX(0, CAST((julianday(r.paused_until) - julianday('now')) * 86400000
+                                               AS INTEGER)), 0),
+                          v.demand + (SELECT COALESCE(SUM(o.demand), 0) FROM rate_budget_members o
+                                      WHERE o.key = v.key AND o.replica <> v.replica
+                                        AND o.seen_at > strftime('%Y-%m-%dT%H:%M:%fZ',
+                                              julianday('now') - v.lease_ms / 86400000.0)),
+                          1 + (SELECT COUNT(*) FROM rate_budget_members o
+                               WHERE o.key = v.key AND o.replica <> v.replica
+                                 AND o.seen_at > strftime('%Y-%m-%dT%H:%M:%fZ',
+                                       julianday('now') - v.lease_ms / 86400000.0))
+                   FROM v LEFT JOIN rate_budgets r ON r.key = v.key",
+        },
+    ],
+    budget_leave: "DELETE FROM rate_budget_members WHERE replica = ?1",
     migrations_table_exists: "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     migration_state: "SELECT MAX(CASE WHEN success THEN version END),
                              COALESCE(SUM(CASE WHEN success THEN 0 ELSE 1 END), 0) > 0

@@ -15,6 +15,7 @@
 //! | `recovery.rs` | S7 (kill -9, restart, takeover), S8 (stop latency) |
 //! | `scale.rs` | S9 (1,000,000 examples: peak RSS, time to first dispatch) |
 //! | `dialects.rs` | S11 (the simulator's rate-limit dialects, against the limit that binds) |
+//! | `shared.rs` | S12 (one rate budget per key across 3 and 6 replicas) |
 //!
 //! `ideal.rs` holds the ideal time of every rate scenario (the limiter's
 //! true admission capacity, burst included); `report.rs` the figures, goals
@@ -27,6 +28,7 @@ mod rate;
 mod recovery;
 pub(crate) mod report;
 mod scale;
+mod shared;
 mod throughput;
 
 use std::path::PathBuf;
@@ -65,6 +67,7 @@ pub(crate) const SCENARIOS: &[&Spec] = &[
     &scale::S9,
     &rate::S10,
     &dialects::S11,
+    &shared::S12,
 ];
 
 async fn run_once(id: &str, ctx: &Ctx) -> Result<Run> {
@@ -80,6 +83,7 @@ async fn run_once(id: &str, ctx: &Ctx) -> Result<Run> {
         "S9" => scale::s9(ctx).await,
         "S10" => rate::s10(ctx).await,
         "S11" => dialects::s11(ctx).await,
+        "S12" => shared::s12(ctx).await,
         other => bail!("no scenario {other}"),
     }
 }

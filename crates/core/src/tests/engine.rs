@@ -4,6 +4,7 @@
 //! scripted provider for whole runs. No test sleeps to synchronise: they wait
 //! for engine events, and virtual time advances when everything is idle.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -835,4 +836,35 @@ async fn retry_after_waits_are_spread_by_the_configured_fraction() {
     }
     assert_eq!(gaps[0], pause);
     assert!(gaps[1] > pause && gaps[1] <= pause * 2, "{gaps:?}");
+}
+
+/// The demand per key counts the jobs an experiment has ready and none
+/// once nothing is left to run.
+#[tokio::test(start_paused = true)]
+async fn demand_counts_ready_jobs_per_key() {
+    let id = exp_id(40);
+    let mut store = store_with(5, id);
+    heartbeat_keeps_everything(&mut store);
+    // The key is always saturated: every task stays buffered.
+    let mut advisor = MockAdvisor::new();
+    advisor
+        .expect_try_acquire()
+        .returning(|_, _, now| Acquire::Wait {
+            until: now + Duration::from_secs(3600),
+            reason: WaitReason::Rate,
+        });
+    advisor.expect_record().returning(|_, _, _| ());
+    let (handle, mut rx, _task) = engine(Config::default(), store, keyed_provider(), advisor);
+    wait_for(&mut rx, |e| matches!(e, EngineEvent::Adopted { .. })).await;
+    let mut demand = handle.demand().await.unwrap();
+    while demand.is_empty() {
+        // The first task page is still on its way: wait for the engine to
+        // take it (virtual time only advances when everything is idle).
+        tokio::task::yield_now().await;
+        demand = handle.demand().await.unwrap();
+    }
+    assert_eq!(demand, HashMap::from([(RateKey::new("p", "m"), 5)]));
+    handle.stop(id).unwrap();
+    wait_for(&mut rx, |e| matches!(e, EngineEvent::Departed { .. })).await;
+    assert!(handle.demand().await.unwrap().is_empty());
 }

@@ -19,7 +19,11 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// The database is reachable and its migrations are this binary's; 503
-/// when it does not answer within the store's `ready_timeout`.
+/// when it does not answer within the store's `ready_timeout`. The
+/// `rate_budget` field says whether the shared rate budget is in use
+/// (`shared`) or this replica runs on conservative local shares
+/// (`fallback`); that alone does not make the replica unready (it keeps
+/// working, only more slowly), so alerts use the field or the metrics.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready"), (status = 503, description = "Database unreachable")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -32,6 +36,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "status": "ready",
         "database": state.db.kind().as_str(),
         "replica": state.replica.as_str(),
+        "rate_budget": state.metrics.budget().map(|b| b.readiness(std::time::Instant::now())),
     })))
 }
 

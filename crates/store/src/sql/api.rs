@@ -3,18 +3,21 @@
 //! migration check. Generic over [`Backend`] like the rest of the store.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use runnel_core::{
-    DatasetId, EvaluatorId, EvaluatorSpec, ExampleData, ExampleId, ExperimentId, LogLevel, RateKey,
-    RunId, Usage,
+    BudgetReport, BudgetView, DatasetId, EvaluatorId, EvaluatorSpec, ExampleData, ExampleId,
+    ExperimentId, LogLevel, RateKey, ReplicaId, RunId, SharedRate, Usage,
 };
 use serde_json::Value as Json;
 use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use uuid::Uuid;
 
-use super::{SqlCore, StoredEvaluator, Value, parse_json, parse_status, to_u32, to_u64};
+use super::{
+    SqlCore, StoredEvaluator, Value, ms, parse_json, parse_status, to_i64, to_u32, to_u64,
+};
 use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::types::{
@@ -551,6 +554,96 @@ where
                 Ok((RateKey::from_raw(key), state))
             })
             .collect()
+    }
+
+    // ----- shared rate budget (issue 14) ---------------------------------
+
+    /// One sync of `replica`'s budget reports; see `Sql::budget_sync`.
+    pub(crate) async fn budget_sync(
+        &self,
+        replica: &ReplicaId,
+        lease: Duration,
+        reports: &[BudgetReport],
+    ) -> Result<Vec<BudgetView>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statements = DB::sql().budget_sync;
+        let bind = |mut query: sqlx::query::Query<'static, DB, DB::Arguments>| {
+            for r in reports {
+                let p = r.proposal.as_ref();
+                query = query
+                    .bind(r.key.as_str().to_owned())
+                    .bind(replica.as_str().to_owned())
+                    .bind(ms(lease))
+                    .bind(to_i64(r.demand))
+                    .bind(r.based_on)
+                    .bind(r.decreased)
+                    .bind(p.map(|p| p.rate_rps))
+                    .bind(p.map(|p| p.good_rps))
+                    .bind(p.and_then(|p| p.last_429_rps))
+                    .bind(p.map(|p| p.learned_from.clone()))
+                    .bind(p.and_then(|p| p.token_rate_tps))
+                    .bind(to_i64(r.paused_ms));
+            }
+            query
+        };
+        let query = |i: usize| {
+            // Built from placeholders only; every value is bound.
+            bind(sqlx::query::<DB>(AssertSqlSafe(
+                statements[i].sql(reports.len(), DB::placeholder),
+            )))
+        };
+        let last = statements.len() - 1;
+        let rows = if last == 0 {
+            // One statement (PostgreSQL): atomic by itself, one round trip.
+            query(0).fetch_all(&self.pool).await.map_err(Self::err)?
+        } else {
+            let mut tx = self.begin_write().await?;
+            for i in 0..last {
+                query(i).execute(&mut *tx).await.map_err(Self::err)?;
+            }
+            let rows = query(last).fetch_all(&mut *tx).await.map_err(Self::err)?;
+            tx.commit().await.map_err(Self::err)?;
+            rows
+        };
+        rows.iter()
+            .map(|row| {
+                let key: String = Self::get(row, 0)?;
+                let rate: Option<f64> = Self::get(row, 2)?;
+                let shared = match rate {
+                    None => None,
+                    Some(rate_rps) => Some(SharedRate {
+                        rate_rps,
+                        good_rps: Self::get(row, 3)?,
+                        last_429_rps: Self::get(row, 4)?,
+                        learned_from: Self::get(row, 5)?,
+                        token_rate_tps: Self::get(row, 6)?,
+                    }),
+                };
+                let paused: i64 = Self::get(row, 7)?;
+                let total: i64 = Self::get(row, 8)?;
+                let members: i64 = Self::get(row, 9)?;
+                Ok(BudgetView {
+                    key: RateKey::from_raw(key),
+                    version: Self::get(row, 1)?,
+                    rate: shared,
+                    paused_ms: to_u64(paused, "budget pause")?,
+                    total_demand: to_u64(total, "budget demand")?,
+                    members: to_u32(members, "budget members")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes `replica` from every budget.
+    pub(crate) async fn budget_leave(&self, replica: &ReplicaId) -> Result<(), StoreError> {
+        Self::q(DB::sql().budget_leave)
+            .bind(replica.as_str().to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(Self::err)
+            .map(drop)
     }
 
     // ----- migrations and readiness ----------------------------------------------
