@@ -172,6 +172,14 @@ impl TokenBucket {
         self.cap_available(0, now);
     }
 
+    /// Grants nothing before `now + for_`, and then one token at a time at
+    /// the rate (no burst), keeping any larger debt.
+    pub fn hold(&mut self, now: Instant, for_: Duration) {
+        let ahead = i128::from(self.tolerance_ns)
+            .saturating_add(i128::try_from(for_.as_nanos()).unwrap_or(i128::MAX / 4));
+        self.tat = self.tat.max(add_ns(now, ahead));
+    }
+
     /// Limits the tokens available at `now` to `tokens` (what the provider
     /// says remains), keeping any larger debt.
     pub fn cap_available(&mut self, tokens: u64, now: Instant) {
@@ -341,6 +349,21 @@ mod tests {
         assert_eq!(b.try_take(1, t0), Ok(()));
         assert!(b.try_take(1, t0).is_err());
         assert!((b.available(t0) - 0.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_hold_grants_nothing_until_it_ends_and_then_no_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 5, t0);
+        b.hold(t0, ms(1_000));
+        assert_eq!(b.check(1, t0), Err(t0 + ms(1_000)));
+        assert_eq!(b.try_take(1, t0 + ms(1_000)), Ok(()));
+        assert_eq!(b.check(1, t0 + ms(1_000)), Err(t0 + ms(1_100)));
+        // A shorter hold keeps the longer one.
+        b.hold(t0, ms(10));
+        assert_eq!(b.check(1, t0 + ms(1_000)), Err(t0 + ms(1_100)));
+        b.hold(t0, Duration::MAX);
+        assert!(b.check(1, t0).is_err());
     }
 
     #[test]

@@ -540,6 +540,11 @@ impl KeyState {
                         d.sync(bs, now, true);
                         d.bucket.drain(now);
                         decreased_to = Some(d.control.rate());
+                    } else if fresh && let Some(wait) = d.control.refusal_wait(now) {
+                        // The provider refuses whatever the rate: one
+                        // refusal is one piece of evidence, not one per
+                        // call; wait a little before the next.
+                        d.bucket.hold(now, wait);
                     }
                 }
                 if wait_out {

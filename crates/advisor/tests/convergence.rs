@@ -261,6 +261,22 @@ fn fixed_and_sliding_windows_without_headers() {
     }
 }
 
+#[test]
+fn a_sliding_10_second_window_does_not_collapse() {
+    // A start too high fills the window and it refuses every call for up to
+    // ten seconds, whatever the rate: those 429s are one refusal, not one
+    // cut each (they cut the rate to the floor before: 0.007–0.2 of the
+    // limit). The goals (0.9, 3 %) are not met yet, see
+    // `dialects_not_met_yet`; this holds what is.
+    for limit in [5.0, 20.0, 200.0] {
+        let sliding = Provider {
+            enforce: Enforce::Sliding { window: 10.0 },
+            ..Provider::new(limit)
+        };
+        check("sliding 10 s windows", sliding, 30, 10, 0.6, 0.07);
+    }
+}
+
 /// 4,000-token prompts under a token limit that binds at about half the
 /// request limit.
 fn tokens_binding(report: Report) -> Provider {
