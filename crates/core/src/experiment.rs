@@ -274,6 +274,9 @@ pub(crate) struct ExperimentState {
     pub(crate) wake: Option<Instant>,
     /// Position in the least-recently-served order.
     pub(crate) order_key: u64,
+    /// Self-fencing: no call starts at or after this instant (set by the
+    /// replica's lease bookkeeping; `None` means no limit).
+    pub(crate) fence_at: Option<Instant>,
 }
 
 /// The rate-limit keys of a plan, computed by the provider adapter.
@@ -330,6 +333,7 @@ impl ExperimentState {
             retry_seq: 0,
             wake: None,
             order_key,
+            fence_at: None,
         }
     }
 
@@ -382,7 +386,8 @@ impl ExperimentState {
         last_errors: &HashMap<RateKey, String>,
         actions: &mut VecDeque<Action>,
     ) -> Next {
-        if !self.is_running() || self.in_flight >= self.cap {
+        let fenced = self.fence_at.is_some_and(|at| now >= at);
+        if !self.is_running() || self.in_flight >= self.cap || fenced {
             self.wake = None;
             return Next::Busy;
         }

@@ -154,6 +154,23 @@ impl Scheduler {
         }
     }
 
+    /// Self-fencing: the experiment under `claim` may start calls only
+    /// before `until` (calls under way are not affected). Moving it later
+    /// lets a fenced experiment dispatch again.
+    pub fn set_fence(&mut self, claim: &Claim, until: Instant, now: Instant) {
+        if let Some(exp) = Self::current(&mut self.experiments, claim) {
+            exp.fence_at = Some(until);
+            self.touch(claim.experiment, now);
+        }
+    }
+
+    /// Whether the experiment is held back by self-fencing at `now`.
+    pub fn is_fenced(&self, id: ExperimentId, now: Instant) -> bool {
+        self.experiments
+            .get(&id)
+            .is_some_and(|e| e.fence_at.is_some_and(|at| now >= at))
+    }
+
     /// Stops every experiment with `why` (graceful shutdown uses `Released`).
     pub fn stop_all(&mut self, why: Departure, now: Instant) {
         let ids: Vec<ExperimentId> = self.experiments.keys().copied().collect();
