@@ -469,6 +469,7 @@ impl Replica {
                 tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat")
             }
         }
+        self.maybe_release(now);
         // A claim adopted while this beat was out and never confirmed yet:
         // confirm it at once rather than a whole interval later.
         if self.held.values().any(|h| h.fence_at <= now) {
@@ -713,11 +714,14 @@ impl Replica {
             deadline = Some(deadline.map_or(t, |d: Instant| d.min(t)));
         };
         let releasing = self.shutdown.as_ref().is_some_and(|s| s.releasing);
-        if !releasing && !self.held.is_empty() {
+        // While a heartbeat is out, its answer is the next event: the timers
+        // waiting for it must not make the driver spin.
+        let beat_out = self.heartbeat.is_some();
+        if !releasing && !beat_out && !self.held.is_empty() {
             consider(self.next_heartbeat);
         }
         match &self.shutdown {
-            Some(s) if !s.releasing => consider(s.deadline),
+            Some(s) if !s.releasing && !beat_out => consider(s.deadline),
             Some(_) => {}
             None if self.started && self.config().take_over => consider(self.next_scan),
             None => {}
@@ -806,5 +810,243 @@ impl Replica {
     /// Until when the experiment may start calls, if it is held here.
     pub fn fence_at(&self, experiment: ExperimentId) -> Option<Instant> {
         self.held.get(&experiment).map(|h| h.fence_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ids::Epoch;
+    use crate::memory::Unlimited;
+    use crate::spec::{CallSpec, ExampleData};
+    use crate::{DatasetId, ExampleId, RateKey};
+
+    fn claim(epoch: i64) -> Claim {
+        Claim {
+            experiment: ExperimentId(uuid::Uuid::from_u128(1)),
+            replica: ReplicaId::new("a"),
+            epoch: Epoch(epoch),
+        }
+    }
+
+    fn plan() -> (ExperimentPlan, Result<PlanKeys, String>) {
+        let plan = ExperimentPlan {
+            id: claim(1).experiment,
+            dataset: DatasetId(uuid::Uuid::nil()),
+            repetitions: 1,
+            max_concurrency: Some(1),
+            task: CallSpec {
+                provider: "p".into(),
+                model: "m".into(),
+                messages: vec![],
+                params: Default::default(),
+                timeout_s: None,
+                stream: false,
+            },
+            evaluators: vec![],
+        };
+        let keys = PlanKeys {
+            task: RateKey::new("p", "m"),
+            evaluators: vec![],
+        };
+        (plan, Ok(keys))
+    }
+
+    fn work(n: i64) -> Vec<TaskWork> {
+        (1..=n)
+            .map(|e| TaskWork {
+                key: TaskKey {
+                    example: ExampleId(e),
+                    repetition: 0,
+                },
+                data: Arc::new(ExampleData::default()),
+            })
+            .collect()
+    }
+
+    fn orders(r: &mut Replica) -> Vec<Order> {
+        std::iter::from_fn(|| r.poll_order()).collect()
+    }
+
+    /// A replica (lease 30 s, fencing after 24 s) that reclaimed one
+    /// experiment at `t0` and has its work buffered.
+    fn running(t0: Instant) -> Replica {
+        let mut r = Replica::new(Config::default(), ReplicaId::new("a"), 1, t0);
+        r.start(t0);
+        assert!(matches!(orders(&mut r)[..], [Order::Reclaim]));
+        r.handle_claims(ClaimSource::Reclaim, Ok(vec![claim(1)]), t0);
+        orders(&mut r);
+        r.handle_claims(ClaimSource::Orphans, Ok(vec![]), t0);
+        r.handle_plan(&claim(1), Ok(plan()), t0);
+        for order in orders(&mut r) {
+            match order {
+                Order::Work(Action::FetchTasks { .. }) => {
+                    r.handle_task_page(&claim(1), Ok(work(100)), t0)
+                }
+                Order::Work(Action::FetchEvals { .. }) => {
+                    r.handle_eval_page(&claim(1), Ok(vec![]), t0)
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn finish_call(r: &mut Replica, job: Job, now: Instant) {
+        let report = CallReport::new(
+            crate::Outcome::Success(crate::Reply::Task { output: "x".into() }),
+            Duration::from_millis(1),
+        );
+        r.handle_call_finished(job, report, now, &Unlimited);
+    }
+
+    fn heartbeat_sent(r: &mut Replica, now: Instant) -> bool {
+        r.handle_timeout(now);
+        orders(r)
+            .iter()
+            .any(|o| matches!(o, Order::Heartbeat(c) if c.contains(&claim(1))))
+    }
+
+    #[test]
+    fn a_replica_without_a_confirmed_heartbeat_stops_dispatching_until_one_is_confirmed() {
+        let t0 = Instant::now();
+        let mut r = running(t0);
+        let s = Duration::from_secs;
+        let job = r.poll_dispatch(t0, &Unlimited, &|_| None).expect("a job");
+        finish_call(&mut r, job, t0 + s(1));
+        // Every heartbeat fails (the database is cut off).
+        for t in [10, 20] {
+            assert!(heartbeat_sent(&mut r, t0 + s(t)));
+            r.handle_heartbeat(Err(Error::StoreUnavailable("down".into())), t0 + s(t));
+        }
+        let before = t0 + s(24) - Duration::from_millis(1);
+        let job = r
+            .poll_dispatch(before, &Unlimited, &|_| None)
+            .expect("still leased");
+        finish_call(&mut r, job, before);
+        // lease × (1 − 0.2) after the reclaim was sent: fenced.
+        assert!(r.poll_dispatch(t0 + s(24), &Unlimited, &|_| None).is_none());
+        assert!(r.scheduler().is_fenced(claim(1).experiment, t0 + s(24)));
+        // Frozen for a while: on waking, still nothing starts …
+        assert!(r.poll_dispatch(t0 + s(90), &Unlimited, &|_| None).is_none());
+        // … until a heartbeat sent now is confirmed.
+        assert!(heartbeat_sent(&mut r, t0 + s(90)));
+        assert!(r.poll_dispatch(t0 + s(91), &Unlimited, &|_| None).is_none());
+        r.handle_heartbeat(Ok(vec![claim(1).experiment]), t0 + s(91));
+        assert!(r.poll_dispatch(t0 + s(91), &Unlimited, &|_| None).is_some());
+        assert_eq!(r.fence_at(claim(1).experiment), Some(t0 + s(90 + 24)));
+    }
+
+    #[test]
+    fn a_replica_that_lost_the_experiment_while_frozen_starts_nothing_on_waking() {
+        let t0 = Instant::now();
+        let mut r = running(t0);
+        let s = Duration::from_secs;
+        let job = r.poll_dispatch(t0, &Unlimited, &|_| None).expect("a job");
+        // Frozen from 1 s to 60 s; another replica took the experiment over.
+        assert!(r.poll_dispatch(t0 + s(60), &Unlimited, &|_| None).is_none());
+        assert!(heartbeat_sent(&mut r, t0 + s(60)));
+        r.handle_heartbeat(Ok(vec![]), t0 + s(60));
+        // The call under way ends; its result is dropped, nothing starts.
+        finish_call(&mut r, job, t0 + s(61));
+        assert!(r.poll_dispatch(t0 + s(61), &Unlimited, &|_| None).is_none());
+        let gone = orders(&mut r).into_iter().any(|o| {
+            matches!(
+                o,
+                Order::Departed {
+                    why: Departure::Lost,
+                    ..
+                }
+            )
+        });
+        assert!(gone, "the experiment leaves without writing");
+    }
+
+    #[test]
+    fn heartbeats_go_on_while_draining_until_the_claims_are_released() {
+        let t0 = Instant::now();
+        let mut r = running(t0);
+        let s = Duration::from_secs;
+        let job = r.poll_dispatch(t0, &Unlimited, &|_| None).expect("a job");
+        r.handle_shutdown(t0 + s(1));
+        for t in [10, 20] {
+            assert!(heartbeat_sent(&mut r, t0 + s(t)), "beat at {t} s");
+            r.handle_heartbeat(Ok(vec![claim(1).experiment]), t0 + s(t));
+        }
+        // The call ends after 25 s; its result is written, then released.
+        finish_call(&mut r, job, t0 + s(25));
+        let writes = orders(&mut r);
+        assert!(
+            writes
+                .iter()
+                .any(|o| matches!(o, Order::Work(Action::WriteRun { .. })))
+        );
+        r.handle_run_written(
+            &claim(1),
+            TaskKey {
+                example: ExampleId(1),
+                repetition: 0,
+            },
+            WriteResult::Done(crate::Write::Accepted(RunWrite {
+                id: crate::RunId(1),
+                new_success: true,
+            })),
+            t0 + s(26),
+        );
+        r.handle_timeout(t0 + s(26));
+        let release = orders(&mut r)
+            .into_iter()
+            .find_map(|o| match o {
+                Order::Release(c) => Some(c),
+                _ => None,
+            })
+            .expect("released");
+        assert_eq!(release, vec![claim(1)]);
+        r.handle_released();
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn a_reconnected_listener_checks_the_claims_at_once() {
+        let t0 = Instant::now();
+        let mut r = running(t0);
+        r.handle_listener_reconnected(t0 + Duration::from_secs(2));
+        let orders = orders(&mut r);
+        assert!(orders.iter().any(|o| matches!(o, Order::Heartbeat(_))));
+        assert!(orders.iter().any(|o| matches!(o, Order::ScanOrphans)));
+    }
+
+    #[test]
+    fn a_claim_adopted_without_its_instant_waits_for_a_heartbeat() {
+        let t0 = Instant::now();
+        let mut r = Replica::new(Config::default(), ReplicaId::new("a"), 1, t0);
+        r.start(t0);
+        r.handle_claims(ClaimSource::Reclaim, Ok(vec![]), t0);
+        orders(&mut r);
+        r.handle_adopt(claim(3), None, t0);
+        let c = Claim {
+            epoch: Epoch(3),
+            ..claim(1)
+        };
+        r.handle_plan(&c, Ok(plan()), t0);
+        for order in orders(&mut r) {
+            if let Order::Work(Action::FetchTasks { .. }) = order {
+                r.handle_task_page(&c, Ok(work(3)), t0);
+            }
+            if let Order::Work(Action::FetchEvals { .. }) = order {
+                r.handle_eval_page(&c, Ok(vec![]), t0);
+            }
+        }
+        assert!(r.poll_dispatch(t0, &Unlimited, &|_| None).is_none());
+        r.handle_timeout(t0);
+        assert!(
+            orders(&mut r)
+                .iter()
+                .any(|o| matches!(o, Order::Heartbeat(_)))
+        );
+        r.handle_heartbeat(Ok(vec![c.experiment]), t0);
+        assert!(r.poll_dispatch(t0, &Unlimited, &|_| None).is_some());
     }
 }

@@ -6,5 +6,6 @@
 #![allow(clippy::disallowed_methods)]
 
 mod engine;
+mod replica_props;
 mod scheduler_props;
 mod sim;
