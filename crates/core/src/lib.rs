@@ -30,6 +30,7 @@ pub mod error;
 mod experiment;
 mod fasthash;
 pub mod ids;
+mod isolation;
 pub mod memory;
 pub mod outcome;
 pub mod ports;

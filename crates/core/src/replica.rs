@@ -469,13 +469,13 @@ impl Replica {
                 tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat")
             }
         }
-        self.maybe_release(now);
         // A claim adopted while this beat was out and never confirmed yet:
         // confirm it at once rather than a whole interval later.
         if self.held.values().any(|h| h.fence_at <= now) {
             self.next_heartbeat = self.next_heartbeat.min(now);
         }
-        self.pump();
+        // A scan or the release may have waited for this answer.
+        self.handle_timeout(now);
     }
 
     /// A reconnected notification listener may have missed stops, resumes
@@ -568,7 +568,15 @@ impl Replica {
                 self.orders.push_back(Order::Heartbeat(claims));
             }
         }
-        if now >= self.next_scan && self.shutdown.is_none() && self.started {
+        // The scan waits for the heartbeat under way: after an outage, this
+        // replica renews its own claims before looking for expired ones, so
+        // it does not take its own experiments over (a new epoch would drop
+        // the calls under way).
+        if now >= self.next_scan
+            && self.shutdown.is_none()
+            && self.started
+            && self.heartbeat.is_none()
+        {
             self.next_scan = now + self.scan_interval();
             if self.config().take_over && self.scan.is_none() {
                 self.scan = Some(now);
@@ -723,7 +731,9 @@ impl Replica {
         match &self.shutdown {
             Some(s) if !s.releasing && !beat_out => consider(s.deadline),
             Some(_) => {}
-            None if self.started && self.config().take_over => consider(self.next_scan),
+            None if self.started && self.config().take_over && !beat_out => {
+                consider(self.next_scan)
+            }
             None => {}
         }
         for h in self.held.values() {
@@ -1012,10 +1022,13 @@ mod tests {
     fn a_reconnected_listener_checks_the_claims_at_once() {
         let t0 = Instant::now();
         let mut r = running(t0);
-        r.handle_listener_reconnected(t0 + Duration::from_secs(2));
-        let orders = orders(&mut r);
-        assert!(orders.iter().any(|o| matches!(o, Order::Heartbeat(_))));
-        assert!(orders.iter().any(|o| matches!(o, Order::ScanOrphans)));
+        let t = t0 + Duration::from_secs(2);
+        r.handle_listener_reconnected(t);
+        // The heartbeat first; the scan once it is answered, so the replica
+        // renews its own claims before it looks for expired ones.
+        assert!(matches!(orders(&mut r)[..], [Order::Heartbeat(_)]));
+        r.handle_heartbeat(Ok(vec![claim(1).experiment]), t);
+        assert!(matches!(orders(&mut r)[..], [Order::ScanOrphans]));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::experiment::{ExperimentState, Mode, Next};
 use crate::fasthash::FastMap;
 use crate::ids::{Claim, ExperimentId, RateKey};
+use crate::isolation::Isolation;
 use crate::outcome::{CallReport, Observation};
 use crate::ports::{Advisor, Departure, LogLevel, RunWrite};
 use crate::rng::Rng;
@@ -58,6 +59,9 @@ pub struct Scheduler {
     /// The last transient error seen per key, from any experiment (named in
     /// `last_error` when an experiment gives up on an open breaker).
     last_errors: HashMap<RateKey, String>,
+    /// Failure streaks per (key, experiment): keeps one experiment's own
+    /// failures away from the key's shared breaker.
+    isolation: Isolation,
 }
 
 impl Scheduler {
@@ -74,6 +78,7 @@ impl Scheduler {
             actions: VecDeque::new(),
             rng: Rng::new(seed),
             last_errors: HashMap::new(),
+            isolation: Isolation::default(),
         }
     }
 
@@ -98,6 +103,8 @@ impl Scheduler {
         if keys.evaluators.len() != plan.evaluators.len() {
             return Err(InsertError::KeysMismatch);
         }
+        self.isolation
+            .register(id, std::iter::once(&keys.task).chain(&keys.evaluators));
         let order_key = self.next_front;
         self.next_front -= 1;
         let state = ExperimentState::new(claim, plan, keys, &self.config, order_key, now);
@@ -245,15 +252,26 @@ impl Scheduler {
         advisor: &A,
     ) {
         self.slots_in_use = self.slots_in_use.saturating_sub(1);
-        advisor.record(
+        let verdict = self.isolation.record(
             &job.key,
-            &Observation::from_report(&report, job.tokens_reserved),
-            now,
+            job.experiment,
+            &report.outcome,
+            self.config.experiment_breaker_failures,
         );
-        if let crate::Outcome::Transient { message } = &report.outcome {
-            self.last_errors.insert(job.key.clone(), message.clone());
+        // An isolated failure (other experiments on the key are fine) is
+        // kept from the key's shared breaker.
+        if verdict.forward {
+            advisor.record(
+                &job.key,
+                &Observation::from_report(&report, job.tokens_reserved),
+                now,
+            );
+            if let crate::Outcome::Transient { message } = &report.outcome {
+                self.last_errors.insert(job.key.clone(), message.clone());
+            }
         }
         let id = job.experiment;
+        let key = job.key.clone();
         if let Some(exp) = self.experiments.get_mut(&id) {
             exp.handle_call_finished(
                 job,
@@ -263,6 +281,18 @@ impl Scheduler {
                 &mut self.rng,
                 &mut self.actions,
             );
+            let gave_up =
+                exp.own_breaker_outcome(&key, &verdict, now, &self.config, &mut self.actions);
+            if let Some(message) = gave_up
+                && exp.is_running()
+            {
+                self.actions.push_back(Action::Log {
+                    experiment: id,
+                    level: LogLevel::Error,
+                    message: message.clone(),
+                });
+                self.stop(id, Departure::Errored(message), now);
+            }
             self.touch(id, now);
         }
     }
@@ -412,6 +442,7 @@ impl Scheduler {
         if let Some(done) = exp.settle() {
             let order_key = exp.order_key;
             self.experiments.remove(&id);
+            self.isolation.unregister(id);
             self.order.remove(&order_key);
             self.actions.push_back(done);
         }

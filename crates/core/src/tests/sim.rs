@@ -64,10 +64,23 @@ pub(crate) struct ModelAdvisor {
     pub(crate) open: HashMap<String, Instant>,
     state: Mutex<HashMap<RateKey, Instant>>,
     pub(crate) permits: Mutex<HashMap<RateKey, u64>>,
+    /// A per-key breaker like the advisor's: `(threshold, cooldown)`; it
+    /// opens after that many transient failures in a row, for the cooldown.
+    pub(crate) breaker: Option<(u32, Duration)>,
+    /// Per key: failures in a row, and since/until when it is open.
+    breakers: Mutex<HashMap<RateKey, (u32, Option<(Instant, Instant)>)>>,
 }
 
 impl Advisor for ModelAdvisor {
     fn try_acquire(&self, key: &RateKey, _tokens: Option<u64>, now: Instant) -> Acquire {
+        if let Some((_, Some((since, until)))) = self.breakers.lock().unwrap().get(key).copied()
+            && now < until
+        {
+            return Acquire::Wait {
+                until,
+                reason: WaitReason::BreakerOpen { open_since: since },
+            };
+        }
         if let Some(&open_since) = self.open.get(key.provider()) {
             return Acquire::Wait {
                 until: now + Duration::from_secs(1),
@@ -98,7 +111,24 @@ impl Advisor for ModelAdvisor {
         }
     }
 
-    fn record(&self, _key: &RateKey, _observation: &Observation, _now: Instant) {}
+    fn record(&self, key: &RateKey, observation: &Observation, now: Instant) {
+        let Some((threshold, cooldown)) = self.breaker else {
+            return;
+        };
+        let mut breakers = self.breakers.lock().unwrap();
+        let (failures, open) = breakers.entry(key.clone()).or_default();
+        match observation.class {
+            OutcomeClass::Success => *failures = 0,
+            OutcomeClass::Transient => {
+                *failures += 1;
+                if *failures >= threshold && open.is_none_or(|(_, until)| until <= now) {
+                    *open = Some((now, now + cooldown));
+                    *failures = 0;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 enum SimEvent {
@@ -147,6 +177,9 @@ pub(crate) struct Sim {
     /// Moments (since start) at which the hook wants to run even if nothing
     /// else happens then.
     pub(crate) wakeups: Vec<Duration>,
+    /// Experiments whose every call ends this way after this latency,
+    /// whatever the behaviour says.
+    pub(crate) scripted: HashMap<ExperimentId, (Outcome, Duration)>,
 }
 
 fn call(provider: &str, model: &str) -> CallSpec {
@@ -192,6 +225,7 @@ impl Sim {
             violations: Vec::new(),
             check_priority: false,
             wakeups: Vec::new(),
+            scripted: HashMap::new(),
         }
     }
 
@@ -435,8 +469,13 @@ impl Sim {
                 work,
                 attempt: job.attempt,
             });
-            let latency = self.draw_ms(self.behaviour.latency_ms);
-            let outcome = self.outcome(&job);
+            let (outcome, latency) = match self.scripted.get(&id) {
+                Some((outcome, latency)) => (outcome.clone(), *latency),
+                None => {
+                    let latency = self.draw_ms(self.behaviour.latency_ms);
+                    (self.outcome(&job), latency)
+                }
+            };
             self.outcomes
                 .entry((id, work))
                 .or_default()
