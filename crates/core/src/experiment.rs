@@ -551,7 +551,7 @@ impl ExperimentState {
             Some(trip) => {
                 if let Some(message) = &trip.hopeless {
                     return Some(format!(
-                        "every call of this experiment to provider `{}` failed the same way ({} in a row) while other experiments on the same rate-limit key succeeded: {message}",
+                        "every call of this experiment to provider `{}` failed ({} in a row) while other experiments on the same rate-limit key succeeded; last error: {message}",
                         key.provider(),
                         trip.failures
                     ));

@@ -342,7 +342,9 @@ async fn sqlite_locked(ctx: &Ctx, report: &mut Report) -> Result<()> {
 async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let dir = ctx.subdir("postgres")?;
     let n = ctx.pick(400, 1500);
-    let down_for = ctx.pick(Duration::from_secs(4), Duration::from_secs(8));
+    // Longer than the lease, so the runner must fence itself (issue 13).
+    let down_for = ctx.pick(Duration::from_secs(6), Duration::from_secs(8));
+    let lease_ms = 2_000;
     let sim = SimProcess::start(&ctx.bin, &dir, super::sim_config(ctx.seed, 20, 10)).await?;
     let pg = PgDb::create("database")?;
     let db = Database::from_url(&pg.url);
@@ -350,6 +352,7 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // however long the pool would wait for a connection.
     let toml = super::server_toml(&pg.url, &sim.url)
         .set("server", "replica_id", "chaos-db")
+        .set("scheduler", "lease", format!("{lease_ms}ms"))
         .render();
     let mut server = ServerProcess::start(&ctx.bin, &dir, "server", &toml, &[]).await?;
     let (api, id) = start_experiment(&server, n).await?;
@@ -361,6 +364,7 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let stopped = Instant::now();
     pg_cluster("stop")?;
     let down = Instant::now();
+    let down_ms = sim.snapshot().await?.elapsed_ms;
     tokio::time::sleep(down_for).await;
     let starting = Instant::now();
     let start_result = pg_cluster("start");
@@ -378,6 +382,25 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     start_result?;
+    // Provider calls (the simulator's per-second histogram) from a second
+    // after the lease ran out until the database was back: the cut-off
+    // runner starts none once its lease has run out.
+    let stats = sim.snapshot().await?;
+    let (from, to) = (
+        (down_ms + lease_ms + 1_000).div_ceil(1_000),
+        stats.elapsed_ms / 1_000,
+    );
+    let fenced: u64 = stats
+        .per_second
+        .iter()
+        .filter(|s| (from..to).contains(&s.second))
+        .map(|s| s.requests)
+        .sum();
+    report.figure(
+        "PostgreSQL: provider calls after the lease ran out, database down",
+        format!("{fenced} in {} s (bound 0)", to.saturating_sub(from)),
+    );
+    report.check(fenced == 0 && to > from, || format!("PostgreSQL: {fenced} provider calls in the {} s after the lease ran out with the database down", to.saturating_sub(from)));
     let outage = back - stopped;
     eprintln!(
         "chaos:   PostgreSQL was stopped at {} for {:.1} s",

@@ -519,7 +519,7 @@ fn one_experiments_failures_do_not_stop_the_others_on_its_key() {
         panic!("{ends:?}");
     };
     assert!(
-        message.contains("failed the same way") && message.contains(timeout),
+        message.contains("every call of this experiment") && message.contains(timeout),
         "{message}"
     );
     let last = sim
