@@ -1153,6 +1153,13 @@ impl ExperimentState {
         &self.busy
     }
 
+    /// Whether one of this experiment's own breakers is open or probing
+    /// (for property tests).
+    #[cfg(test)]
+    pub(crate) fn has_own_breaker(&self) -> bool {
+        !self.own_breakers.is_empty()
+    }
+
     /// Retries whose backoff has elapsed (for property tests).
     #[cfg(test)]
     pub(crate) fn ready_retries(&self, now: Instant) -> usize {

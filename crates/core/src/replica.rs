@@ -470,8 +470,14 @@ impl Replica {
             }
         }
         // A claim adopted while this beat was out and never confirmed yet:
-        // confirm it at once rather than a whole interval later.
-        if self.held.values().any(|h| h.fence_at <= now) {
+        // confirm it at once rather than a whole interval later. (Claims
+        // this beat carried wait for the next one, so a failing store is not
+        // hammered.)
+        if self
+            .held
+            .values()
+            .any(|h| h.fence_at <= now && !sent.contains(&h.claim))
+        {
             self.next_heartbeat = self.next_heartbeat.min(now);
         }
         // A scan or the release may have waited for this answer.

@@ -494,6 +494,9 @@ impl Sim {
             .filter_map(|&id| {
                 self.scheduler
                     .state(id)
+                    // An experiment's own breaker may hold one class back
+                    // while another, on a different key, goes ahead.
+                    .filter(|s| !s.has_own_breaker())
                     .map(|s| (id, (s.counts().evals, s.ready_retries(self.now))))
             })
             .collect()
