@@ -68,8 +68,11 @@ pub(crate) struct ModelAdvisor {
     /// opens after that many transient failures in a row, for the cooldown.
     pub(crate) breaker: Option<(u32, Duration)>,
     /// Per key: failures in a row, and since/until when it is open.
-    breakers: Mutex<HashMap<RateKey, (u32, Option<(Instant, Instant)>)>>,
+    breakers: Mutex<HashMap<RateKey, ModelBreaker>>,
 }
+
+/// Failures in a row, and since/until when the breaker is open.
+type ModelBreaker = (u32, Option<(Instant, Instant)>);
 
 impl Advisor for ModelAdvisor {
     fn try_acquire(&self, key: &RateKey, _tokens: Option<u64>, now: Instant) -> Acquire {
