@@ -447,6 +447,16 @@ impl Replica {
             Ok(owned) => {
                 let fence_at = self.fence_from(sent_at);
                 for claim in &sent {
+                    if let Some(w) = self.deferred.get_mut(&claim.experiment)
+                        && w.claim == *claim
+                    {
+                        if owned.contains(&claim.experiment) {
+                            w.fence_at = w.fence_at.max(fence_at);
+                        } else {
+                            self.deferred.remove(&claim.experiment);
+                        }
+                        continue;
+                    }
                     let Some(h) = self.held.get_mut(&claim.experiment) else {
                         continue;
                     };
@@ -577,14 +587,22 @@ impl Replica {
         // The scan waits for the heartbeat under way: after an outage, this
         // replica renews its own claims before looking for expired ones, so
         // it does not take its own experiments over (a new epoch would drop
-        // the calls under way).
+        // the calls under way). Nor does it run while one of this replica's
+        // own claims is fenced: that claim may have expired in the database,
+        // and the scan would take it over from this very replica.
+        let fenced = self
+            .held
+            .values()
+            .map(|h| h.fence_at)
+            .chain(self.deferred.values().map(|w| w.fence_at))
+            .any(|at| at <= now);
         if now >= self.next_scan
             && self.shutdown.is_none()
             && self.started
             && self.heartbeat.is_none()
         {
             self.next_scan = now + self.scan_interval();
-            if self.config().take_over && self.scan.is_none() {
+            if self.config().take_over && self.scan.is_none() && !fenced {
                 self.scan = Some(now);
                 self.orders.push_back(Order::ScanOrphans);
             }
@@ -637,7 +655,7 @@ impl Replica {
     }
 
     /// Claims to renew: every claim held except those the scheduler no longer
-    /// writes for (stopped here or lost).
+    /// writes for (stopped here or lost), and the deferred ones.
     fn heartbeat_claims(&self) -> Vec<Claim> {
         let owned = self.scheduler.owned_claims();
         let mut claims: Vec<Claim> = self
@@ -645,6 +663,7 @@ impl Replica {
             .values()
             .filter(|h| h.stage != Stage::Scheduled || owned.contains(&h.claim))
             .map(|h| h.claim.clone())
+            .chain(self.deferred.values().map(|w| w.claim.clone()))
             .collect();
         claims.sort_by_key(|c| c.experiment);
         claims
@@ -947,6 +966,18 @@ mod tests {
         // lease × (1 − 0.2) after the reclaim was sent: fenced.
         assert!(r.poll_dispatch(t0 + s(24), &Unlimited, &|_| None).is_none());
         assert!(r.scheduler().is_fenced(claim(1).experiment, t0 + s(24)));
+        // While fenced, no orphan scan: it could take this replica's own
+        // expired claim over.
+        for t in [30, 40, 50] {
+            assert!(heartbeat_sent(&mut r, t0 + s(t)));
+            r.handle_heartbeat(Err(Error::StoreUnavailable("down".into())), t0 + s(t));
+            r.handle_timeout(t0 + s(t + 5));
+            assert!(
+                !orders(&mut r)
+                    .iter()
+                    .any(|o| matches!(o, Order::ScanOrphans))
+            );
+        }
         // Frozen for a while: on waking, still nothing starts …
         assert!(r.poll_dispatch(t0 + s(90), &Unlimited, &|_| None).is_none());
         // … until a heartbeat sent now is confirmed.
