@@ -366,6 +366,8 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let down = Instant::now();
     let down_ms = sim.snapshot().await?.elapsed_ms;
     tokio::time::sleep(down_for).await;
+    // Still down until `start` below: the window ends here.
+    let up_ms = sim.snapshot().await?.elapsed_ms;
     let starting = Instant::now();
     let start_result = pg_cluster("start");
     // Wait for connections again whatever `start` said.
@@ -383,13 +385,10 @@ async fn postgres_restarted(ctx: &Ctx, report: &mut Report) -> Result<()> {
     };
     start_result?;
     // Provider calls (the simulator's per-second histogram) from a second
-    // after the lease ran out until the database was back: the cut-off
-    // runner starts none once its lease has run out.
+    // after the lease ran out until the database was started again: the
+    // cut-off runner starts none once its lease has run out.
     let stats = sim.snapshot().await?;
-    let (from, to) = (
-        (down_ms + lease_ms + 1_000).div_ceil(1_000),
-        stats.elapsed_ms / 1_000,
-    );
+    let (from, to) = ((down_ms + lease_ms + 1_000).div_ceil(1_000), up_ms / 1_000);
     let fenced: u64 = stats
         .per_second
         .iter()
