@@ -50,11 +50,37 @@ pub struct Config {
     /// hold every one).
     pub failures_logged: u32,
     /// How old a claim must be before another replica takes it over.
-    /// Heartbeats and the orphan scan both run every `lease / 3`.
     #[serde(with = "duration")]
     pub lease: Duration,
+    /// Heartbeats per lease: a replica renews its claims every
+    /// `lease / heartbeats_per_lease`.
+    pub heartbeats_per_lease: u32,
+    /// Orphan scans per lease: a replica looks for expired claims every
+    /// `lease / orphan_scans_per_lease` (± `orphan_scan_jitter`), so a dead
+    /// replica's experiments are taken over within about
+    /// `lease + lease / orphan_scans_per_lease` of its last heartbeat.
+    pub orphan_scans_per_lease: u32,
     /// Random spread of the orphan scan interval, as a fraction (0.1 = ±10 %).
     pub orphan_scan_jitter: f64,
+    /// Self-fencing margin, as a fraction of the lease: a replica starts no
+    /// provider call for an experiment once `lease × (1 − margin)` has passed
+    /// since it sent the last heartbeat (or claim) that the database
+    /// confirmed, and resumes only after a confirmed heartbeat. The margin
+    /// absorbs the time between deciding a call and sending it, and a step of
+    /// the database's clock.
+    pub lease_safety_margin: f64,
+    /// On graceful shutdown, how long releasing the claims is retried while
+    /// the database is unreachable (they expire after the lease otherwise).
+    #[serde(with = "duration")]
+    pub release_give_up: Duration,
+    /// Consecutive transient failures of one experiment on one rate-limit
+    /// key, while other experiments on that key do not fail, that open the
+    /// experiment's own breaker for that key (the key's breaker, shared by
+    /// every experiment, only counts failures seen by more than one).
+    pub experiment_breaker_failures: u32,
+    /// How long an experiment's own breaker stays open before one probe call.
+    #[serde(with = "duration")]
+    pub experiment_breaker_cooldown: Duration,
     /// Minimum time between two user toggles (stop/resume) of one experiment.
     #[serde(with = "duration")]
     pub cooldown: Duration,
@@ -115,7 +141,13 @@ impl Default for Config {
             retry_after_spread: 0.1,
             failures_logged: 20,
             lease: Duration::from_secs(30),
+            heartbeats_per_lease: 3,
+            orphan_scans_per_lease: 3,
             orphan_scan_jitter: 0.1,
+            lease_safety_margin: 0.2,
+            release_give_up: Duration::from_secs(5),
+            experiment_breaker_failures: 10,
+            experiment_breaker_cooldown: Duration::from_secs(5),
             cooldown: Duration::from_secs(5),
             breaker_give_up: Duration::from_secs(300),
             rate_limit_give_up: Duration::from_secs(30 * 60),
@@ -132,17 +164,24 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Heartbeat period: a third of the lease.
+    /// Heartbeat period: `lease / heartbeats_per_lease`.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.lease / 3
+        self.lease / self.heartbeats_per_lease.max(1)
     }
 
-    /// Orphan scan period (before jitter): a third of the lease, so a claim
-    /// that expired is taken over within a third of a lease — a replica
-    /// killed right after a heartbeat is replaced about `lease × 4/3` later,
-    /// not up to `2 × lease` as with a scan every lease.
+    /// Orphan scan period (before jitter): `lease / orphan_scans_per_lease`,
+    /// so a claim that expired is taken over within that much — with the
+    /// default of 3, a replica killed right after a heartbeat is replaced
+    /// about `lease × 4/3` later, not up to `2 × lease` as with a scan every
+    /// lease.
     pub fn orphan_scan_interval(&self) -> Duration {
-        self.lease / 3
+        self.lease / self.orphan_scans_per_lease.max(1)
+    }
+
+    /// How long after sending a confirmed heartbeat (or claim) a replica may
+    /// still start calls: `lease × (1 − lease_safety_margin)`.
+    pub fn fence_after(&self) -> Duration {
+        self.lease.mul_f64(1.0 - self.lease_safety_margin)
     }
 
     /// Checks every value; the error names the offending key.
@@ -194,6 +233,24 @@ impl Config {
                 "rate_limit_give_up",
                 "must be greater than zero (a single 429 is never a reason to give up)",
             );
+        }
+        if self.heartbeats_per_lease < 2 {
+            return bad("heartbeats_per_lease", "must be at least 2");
+        }
+        if self.orphan_scans_per_lease == 0 {
+            return bad("orphan_scans_per_lease", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.lease_safety_margin) {
+            return bad("lease_safety_margin", "must be at least 0 and below 1");
+        }
+        if self.fence_after() <= self.heartbeat_interval() {
+            return bad(
+                "lease_safety_margin",
+                "leaves no time for a heartbeat: lease × (1 − margin) must exceed lease / heartbeats_per_lease",
+            );
+        }
+        if self.experiment_breaker_failures == 0 {
+            return bad("experiment_breaker_failures", "must be at least 1");
         }
         if self.high_watermark == 0 {
             return bad("high_watermark", "must be at least 1");

@@ -1,28 +1,27 @@
-//! The engine: the one async module of the core. A thin loop that feeds port
-//! results into the [`Scheduler`], performs the actions it asks for, and
-//! sleeps until the next deadline — it makes no scheduling decision of its own.
+//! The engine: the one async module of the core. A thin driver of the
+//! [`Replica`] state machine (which owns the [`crate::Scheduler`]): it feeds
+//! port results and commands into it, performs the orders it hands out, and
+//! sleeps until its next deadline — it makes no scheduling or lifecycle
+//! decision of its own.
 //!
 //! ```text
 //! loop {
-//!     1. perform every pending scheduler action (fetch, write, log, finish)
-//!        by spawning a task that calls the port and reports back;
-//!     2. dispatch jobs while the scheduler hands them out: each runs in its
+//!     1. perform every pending order (reclaim, scan, heartbeat, plan read,
+//!        fetch, write, log, final status, release) by spawning a task that
+//!        calls the port and reports back;
+//!     2. dispatch jobs while the replica hands them out: each runs in its
 //!        own task, bounded by its timeout;
-//!     3. sleep until the earliest of: the scheduler's timeout, the next
-//!        heartbeat, the next orphan scan — or until a command or a result.
+//!     3. sleep until the replica's `poll_timeout` — or until a command or a
+//!        result arrives.
 //! }
 //! ```
 //!
 //! Store writes run to completion in their own tasks and are retried while the
-//! store is unreachable: no write is ever cancelled half-way. Heartbeats run
-//! every `lease / 3` independently of job durations; the orphan scan runs
-//! every `lease / 3` ± `orphan_scan_jitter`, and once at start after the replica
-//! has taken back the experiments still claimed under its own identity.
-//! Graceful shutdown stops dispatching, lets in-flight calls finish for up to
-//! `shutdown_grace`, then releases the remaining claims so another replica (or
-//! the restarted process) takes them over at once.
+//! store is unreachable (capped backoff, for up to `store_write_give_up`; the
+//! release at shutdown for up to `release_give_up`): no write is ever
+//! cancelled half-way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+use crate::Advisor;
 use crate::config::Config;
 use crate::error::Error;
 use crate::experiment::WriteResult;
@@ -39,11 +39,11 @@ use crate::ports::{
     AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink, Finish, Provider,
     RunRecord, RunWrite, Store, Write,
 };
-use crate::rng::{Rng, seed_from};
-use crate::scheduler::{Action, PlanKeys, Scheduler, store_backoff};
+use crate::replica::{ClaimSource, Order, Replica};
+use crate::rng::seed_from;
+use crate::scheduler::{Action, PlanKeys, store_backoff};
 use crate::spec::ExperimentPlan;
 use crate::work::{EvalKey, EvalWork, Job, TaskKey, TaskWork};
-use crate::{Advisor, LogLevel};
 
 /// The ports an engine drives.
 pub struct Ports<S, P, A, C, E> {
@@ -93,8 +93,9 @@ impl EngineStats {
 enum Command {
     Adopt {
         claim: Claim,
-        takeover: bool,
+        sent: Option<Instant>,
     },
+    CheckClaims,
     Stop {
         experiment: ExperimentId,
         why: Departure,
@@ -117,6 +118,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Adopt { claim, .. } => write!(f, "Adopt({})", claim.experiment),
             Command::Stop { experiment, .. } => write!(f, "Stop({experiment})"),
+            Command::CheckClaims => f.write_str("CheckClaims"),
             Command::Shutdown(_) => f.write_str("Shutdown"),
             Command::Demand(_) => f.write_str("Demand"),
         }
@@ -124,12 +126,27 @@ impl std::fmt::Debug for Command {
 }
 
 impl EngineHandle {
-    /// Runs an experiment that this replica has just claimed (start, resume).
+    /// Runs an experiment that this replica has just claimed (start,
+    /// resume) when the instant the claim was requested is not known: a
+    /// heartbeat confirms the claim before any call starts.
     pub fn adopt(&self, claim: Claim) -> Result<(), Error> {
+        self.send(Command::Adopt { claim, sent: None })
+    }
+
+    /// Runs an experiment that this replica has just claimed; `sent` is the
+    /// instant (on the engine's clock) just before the claiming statement
+    /// was sent, so the claim's lease counts from then.
+    pub fn adopt_claimed(&self, claim: Claim, sent: Instant) -> Result<(), Error> {
         self.send(Command::Adopt {
             claim,
-            takeover: false,
+            sent: Some(sent),
         })
+    }
+
+    /// The notification listener reconnected and may have missed stops or
+    /// deletions: checks the claims (heartbeat) and scans for orphans now.
+    pub fn check_claims(&self) -> Result<(), Error> {
+        self.send(Command::CheckClaims)
     }
 
     /// Stops an experiment locally, without writing: in-flight calls finish
@@ -198,8 +215,7 @@ impl EngineHandle {
 enum Event {
     PlanLoaded {
         claim: Claim,
-        takeover: bool,
-        result: Result<ExperimentPlan, Error>,
+        result: Result<(ExperimentPlan, Result<PlanKeys, String>), Error>,
     },
     Tasks {
         claim: Claim,
@@ -231,51 +247,29 @@ enum Event {
         end: Finish,
     },
     Heartbeat {
-        sent: Vec<Claim>,
         result: Result<Vec<ExperimentId>, Error>,
     },
     Claims {
-        takeover: bool,
+        source: ClaimSource,
         result: Result<Vec<Claim>, Error>,
     },
-    RetryLoad {
-        claim: Claim,
-        takeover: bool,
-    },
+    Released,
 }
 
 /// The engine. Build it with [`Engine::new`], then drive it with
 /// [`Engine::run`] (usually inside `tokio::spawn`).
 pub struct Engine<S, P, A, C, E> {
     ports: Ports<S, P, A, C, E>,
-    replica: ReplicaId,
-    scheduler: Scheduler,
-    rng: Rng,
+    replica: Replica,
     commands: mpsc::UnboundedReceiver<Command>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     stats: Arc<EngineStats>,
-    /// Experiments whose plan is being read.
-    loading: HashMap<ExperimentId, Claim>,
-    /// Claims waiting until an earlier session of the same experiment drains.
-    deferred: HashMap<ExperimentId, (Claim, bool)>,
-    /// Final-status writes under way.
-    finishing: usize,
-    heartbeat_in_flight: bool,
-    scan_in_flight: bool,
-    next_heartbeat: Instant,
-    next_scan: Instant,
-    shutdown: Option<Shutdown>,
-    startup_done: bool,
     started: watch::Sender<bool>,
+    /// Who waits for the end of shutdown.
+    shutdown_reply: Option<oneshot::Sender<Vec<Claim>>>,
     /// Result writes requested this turn, spawned together.
     writes: Vec<futures::future::BoxFuture<'static, ()>>,
-}
-
-struct Shutdown {
-    reply: Option<oneshot::Sender<Vec<Claim>>>,
-    deadline: Instant,
-    release: Vec<Claim>,
 }
 
 impl<S, P, A, C, E> Engine<S, P, A, C, E>
@@ -305,24 +299,14 @@ where
             started: started_rx,
         };
         let engine = Self {
-            replica,
-            scheduler: Scheduler::new(config, seed),
-            rng: Rng::new(seed ^ 0x5EED),
+            replica: Replica::new(config, replica, seed, now),
             ports,
             commands,
             events_tx,
             events_rx,
             stats,
-            loading: HashMap::new(),
-            deferred: HashMap::new(),
-            finishing: 0,
-            heartbeat_in_flight: false,
-            scan_in_flight: false,
-            next_heartbeat: now,
-            next_scan: now,
-            shutdown: None,
-            startup_done: false,
             started,
+            shutdown_reply: None,
             writes: Vec::new(),
         };
         (engine, handle)
@@ -331,24 +315,19 @@ where
     /// Runs until shut down through the handle (or until every handle is
     /// dropped, which shuts down the same way).
     pub async fn run(mut self) {
-        let now = self.ports.clock.now();
-        self.next_heartbeat = now + self.scheduler.config().heartbeat_interval();
-        self.next_scan = now + self.scan_interval();
-        self.startup();
+        self.replica.start(self.ports.clock.now());
         let mut commands_open = true;
         loop {
             let now = self.ports.clock.now();
-            self.perform_actions();
-            if self.shutdown.is_none() {
-                self.dispatch(now);
-            }
-            self.perform_actions();
+            self.perform_orders();
+            self.dispatch(now);
+            self.perform_orders();
             self.publish_stats();
-            if self.shutdown_complete(now) {
+            if self.replica.is_done() {
                 break;
             }
 
-            let deadline = self.deadline();
+            let deadline = self.replica.poll_timeout();
             let clock = self.ports.clock.clone();
             let sleep = async move {
                 match deadline {
@@ -372,212 +351,51 @@ where
                     Some(command) => self.handle_command(command),
                     None => {
                         commands_open = false;
-                        self.begin_shutdown(None);
+                        self.replica.handle_shutdown(self.ports.clock.now());
                     }
                 },
-                () = sleep => self.handle_timers(),
+                () = sleep => self.replica.handle_timeout(self.ports.clock.now()),
             }
         }
-        self.finish_shutdown().await;
-    }
-
-    fn startup(&mut self) {
-        if !self.scheduler.config().take_over {
-            self.startup_done = true;
-            self.started.send_replace(true);
-            return;
+        self.publish_stats();
+        if let Some(reply) = self.shutdown_reply.take() {
+            let _ = reply.send(self.replica.released());
         }
-        // Take back at once what this replica still owns under its own
-        // identity (a restarted single server), then look for orphans.
-        let store = self.ports.store.clone();
-        let replica = self.replica.clone();
-        let tx = self.events_tx.clone();
-        self.scan_in_flight = true;
-        tokio::spawn(async move {
-            let result = store.reclaim_own(&replica).await;
-            let _ = tx.send(Event::Claims {
-                takeover: false,
-                result,
-            });
-        });
-    }
-
-    fn scan_interval(&mut self) -> Duration {
-        let config = self.scheduler.config();
-        let spread = 1.0 + config.orphan_scan_jitter * self.rng.signed_unit();
-        config.orphan_scan_interval().mul_f64(spread)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        let mut deadline = self.scheduler.poll_timeout();
-        let mut consider = |t: Instant| {
-            deadline = Some(deadline.map_or(t, |d: Instant| d.min(t)));
-        };
-        match &self.shutdown {
-            Some(s) => consider(s.deadline),
-            None => {
-                consider(self.next_heartbeat);
-                consider(self.next_scan);
-            }
-        }
-        deadline
     }
 
     fn publish_stats(&self) {
+        let scheduler = self.replica.scheduler();
         self.stats
             .slots_in_use
-            .store(self.scheduler.slots_in_use(), Ordering::Relaxed);
+            .store(scheduler.slots_in_use(), Ordering::Relaxed);
         self.stats
             .experiments
-            .store(self.scheduler.len(), Ordering::Relaxed);
-    }
-
-    fn handle_timers(&mut self) {
-        let now = self.ports.clock.now();
-        self.scheduler.handle_timeout(now);
-        if self.shutdown.is_some() {
-            return;
-        }
-        if now >= self.next_heartbeat {
-            self.next_heartbeat = now + self.scheduler.config().heartbeat_interval();
-            self.heartbeat();
-        }
-        if now >= self.next_scan {
-            self.next_scan = now + self.scan_interval();
-            if self.scheduler.config().take_over {
-                self.orphan_scan();
-            }
-        }
-    }
-
-    fn heartbeat(&mut self) {
-        let sent = self.scheduler.owned_claims();
-        if sent.is_empty() || self.heartbeat_in_flight {
-            return;
-        }
-        self.heartbeat_in_flight = true;
-        let store = self.ports.store.clone();
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let result = store.heartbeat(&sent).await;
-            let _ = tx.send(Event::Heartbeat { sent, result });
-        });
-    }
-
-    fn orphan_scan(&mut self) {
-        if self.scan_in_flight {
-            return;
-        }
-        self.scan_in_flight = true;
-        let store = self.ports.store.clone();
-        let replica = self.replica.clone();
-        let lease = self.scheduler.config().lease;
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let result = store.take_over_orphans(&replica, lease).await;
-            let _ = tx.send(Event::Claims {
-                takeover: true,
-                result,
-            });
-        });
+            .store(scheduler.len(), Ordering::Relaxed);
     }
 
     fn handle_command(&mut self, command: Command) {
         let now = self.ports.clock.now();
         match command {
-            Command::Adopt { claim, takeover } => self.adopt(claim, takeover),
-            Command::Stop { experiment, why } => {
-                self.deferred.remove(&experiment);
-                if let Some(claim) = self.loading.remove(&experiment) {
-                    self.depart(claim, why);
-                } else {
-                    self.scheduler.stop(experiment, why, now);
+            Command::Adopt { claim, sent } => self.replica.handle_adopt(claim, sent, now),
+            Command::Stop { experiment, why } => self.replica.handle_stop(experiment, why, now),
+            Command::CheckClaims => self.replica.handle_listener_reconnected(now),
+            Command::Shutdown(reply) => {
+                if self.shutdown_reply.is_none() {
+                    tracing::info!("shutting down: no new calls; waiting for calls under way");
                 }
+                self.shutdown_reply = Some(reply);
+                self.replica.handle_shutdown(now);
             }
-            Command::Shutdown(reply) => self.begin_shutdown(Some(reply)),
-            Command::Demand(reply) => drop(reply.send(self.scheduler.demand_by_key())),
+            Command::Demand(reply) => drop(reply.send(self.replica.scheduler().demand_by_key())),
         }
-    }
-
-    fn adopt(&mut self, claim: Claim, takeover: bool) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        let id = claim.experiment;
-        let busy = self.scheduler.contains(id) || self.loading.contains_key(&id);
-        if busy {
-            let same = self.loading.get(&id) == Some(&claim)
-                || (self.scheduler.is_running(id) && self.scheduler.claims().contains(&claim));
-            if !same {
-                // An earlier session of this experiment is still here
-                // (draining after a stop): run the new one once it departs, so
-                // no work identity is ever in flight twice.
-                self.deferred.insert(id, (claim, takeover));
-            }
-            return;
-        }
-        self.load(claim, takeover);
-    }
-
-    fn load(&mut self, claim: Claim, takeover: bool) {
-        self.loading.insert(claim.experiment, claim.clone());
-        let store = self.ports.store.clone();
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let result = store.load_plan(claim.experiment).await;
-            let _ = tx.send(Event::PlanLoaded {
-                claim,
-                takeover,
-                result,
-            });
-        });
     }
 
     fn handle_event(&mut self, event: Event) {
         let now = self.ports.clock.now();
         match event {
-            Event::PlanLoaded {
-                claim,
-                takeover,
-                result,
-            } => {
-                if self.loading.get(&claim.experiment) != Some(&claim) {
-                    return; // stopped while loading
-                }
-                match result {
-                    Ok(plan) => {
-                        self.loading.remove(&claim.experiment);
-                        self.start(claim, takeover, plan, now);
-                    }
-                    Err(Error::NotFound(_)) => {
-                        self.loading.remove(&claim.experiment);
-                        self.depart(claim, Departure::Lost);
-                    }
-                    Err(e) if e.is_retryable() => {
-                        let delay = store_backoff(2, self.scheduler.config());
-                        let clock = self.ports.clock.clone();
-                        let tx = self.events_tx.clone();
-                        tokio::spawn(async move {
-                            clock.sleep_until(clock.now() + delay).await;
-                            let _ = tx.send(Event::RetryLoad { claim, takeover });
-                        });
-                    }
-                    Err(e) => {
-                        self.loading.remove(&claim.experiment);
-                        self.perform(Action::Finish {
-                            claim,
-                            end: Finish::Error(format!("the experiment cannot run: {e}")),
-                        });
-                    }
-                }
-            }
-            Event::RetryLoad { claim, takeover } => {
-                if self.loading.get(&claim.experiment) == Some(&claim) {
-                    self.load(claim, takeover);
-                }
-            }
-            Event::Tasks { claim, result } => self.scheduler.handle_task_page(&claim, result, now),
-            Event::Evals { claim, result } => self.scheduler.handle_eval_page(&claim, result, now),
+            Event::PlanLoaded { claim, result } => self.replica.handle_plan(&claim, result, now),
+            Event::Tasks { claim, result } => self.replica.handle_task_page(&claim, result, now),
+            Event::Evals { claim, result } => self.replica.handle_eval_page(&claim, result, now),
             Event::CallDone { job, report } => {
                 self.ports.events.emit(EngineEvent::CallFinished {
                     experiment: job.experiment,
@@ -586,7 +404,7 @@ where
                     latency: report.latency,
                     task: job.is_task(),
                 });
-                self.scheduler
+                self.replica
                     .handle_call_finished(*job, report, now, &*self.ports.advisor);
             }
             Event::RunWritten {
@@ -603,7 +421,7 @@ where
                     },
                     record,
                 });
-                self.scheduler.handle_run_written(&claim, key, result, now);
+                self.replica.handle_run_written(&claim, key, result, now);
             }
             Event::AnnotationWritten {
                 claim,
@@ -617,47 +435,13 @@ where
                     evaluator,
                     record,
                 });
-                self.scheduler
+                self.replica
                     .handle_annotation_written(&claim, key, result, now);
             }
-            Event::Finished { claim, end } => {
-                self.finishing -= 1;
-                let why = match end {
-                    Finish::Completed => Departure::Completed,
-                    Finish::Error(msg) => Departure::Errored(msg),
-                };
-                self.depart(claim, why);
-            }
-            Event::Heartbeat { sent, result } => {
-                self.heartbeat_in_flight = false;
-                match result {
-                    Ok(owned) => self.scheduler.handle_heartbeat(&sent, &owned, now),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat")
-                    }
-                }
-            }
-            Event::Claims { takeover, result } => {
-                self.scan_in_flight = false;
-                match result {
-                    Ok(claims) => {
-                        for claim in claims {
-                            if takeover {
-                                tracing::info!(experiment = %claim.experiment, epoch = %claim.epoch, "took over an orphaned experiment");
-                            }
-                            self.adopt(claim, takeover);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim scan failed; retrying at the next scan")
-                    }
-                }
-                if !self.startup_done {
-                    self.startup_done = true;
-                    self.started.send_replace(true);
-                    self.orphan_scan();
-                }
-            }
+            Event::Finished { claim, end } => self.replica.handle_finished(&claim, end, now),
+            Event::Heartbeat { result } => self.replica.handle_heartbeat(result, now),
+            Event::Claims { source, result } => self.replica.handle_claims(source, result, now),
+            Event::Released => self.replica.handle_released(),
         }
     }
 
@@ -680,64 +464,11 @@ where
         self.ports.events.emit(event);
     }
 
-    fn start(&mut self, claim: Claim, takeover: bool, plan: ExperimentPlan, now: Instant) {
-        let keys = match plan_keys(&*self.ports.provider, &plan) {
-            Ok(keys) => keys,
-            Err(message) => {
-                self.perform(Action::Log {
-                    experiment: claim.experiment,
-                    level: LogLevel::Error,
-                    message: message.clone(),
-                });
-                self.perform(Action::Finish {
-                    claim,
-                    end: Finish::Error(message),
-                });
-                return;
-            }
-        };
-        match self.scheduler.insert(claim.clone(), &plan, keys, now) {
-            Ok(()) => {
-                self.perform(Action::Log {
-                    experiment: claim.experiment,
-                    level: LogLevel::Info,
-                    message: format!(
-                        "{} on replica {} (epoch {})",
-                        if takeover { "taken over" } else { "running" },
-                        claim.replica,
-                        claim.epoch
-                    ),
-                });
-                self.ports
-                    .events
-                    .emit(EngineEvent::Adopted { claim, takeover });
-            }
-            Err(_) => {
-                self.deferred.insert(claim.experiment, (claim, takeover));
-            }
-        }
-    }
-
-    fn depart(&mut self, claim: Claim, why: Departure) {
-        if why == Departure::Released
-            && let Some(s) = &mut self.shutdown
-        {
-            s.release.push(claim.clone());
-        }
-        self.ports.events.emit(EngineEvent::Departed {
-            experiment: claim.experiment,
-            why,
-        });
-        if let Some((next, takeover)) = self.deferred.remove(&claim.experiment) {
-            self.adopt(next, takeover);
-        }
-    }
-
     fn dispatch(&mut self, now: Instant) {
         let provider = self.ports.provider.clone();
         let estimate = move |job: &Job| provider.estimate_tokens(job);
         while let Some(job) = self
-            .scheduler
+            .replica
             .poll_dispatch(now, &*self.ports.advisor, &estimate)
         {
             self.spawn_call(job);
@@ -748,7 +479,7 @@ where
         let provider = self.ports.provider.clone();
         let clock = self.ports.clock.clone();
         let tx = self.events_tx.clone();
-        let config = self.scheduler.config();
+        let config = self.replica.config();
         let default = if job.is_task() {
             config.task_timeout
         } else {
@@ -805,9 +536,9 @@ where
         }))
     }
 
-    fn perform_actions(&mut self) {
-        while let Some(action) = self.scheduler.poll_action() {
-            self.perform(action);
+    fn perform_orders(&mut self) {
+        while let Some(order) = self.replica.poll_order() {
+            self.perform(order);
         }
         // The result writes of one turn run together in one task: each still
         // runs to completion (none is ever cancelled half-way), the store's
@@ -819,7 +550,83 @@ where
         }
     }
 
-    fn perform(&mut self, action: Action) {
+    /// Performs one order of the replica: a port call in its own task that
+    /// reports back through the event channel, or an event for the sink.
+    fn perform(&mut self, order: Order) {
+        let store = self.ports.store.clone();
+        let tx = self.events_tx.clone();
+        match order {
+            Order::Reclaim => {
+                let replica = self.replica.id().clone();
+                tokio::spawn(async move {
+                    let result = store.reclaim_own(&replica).await;
+                    let _ = tx.send(Event::Claims {
+                        source: ClaimSource::Reclaim,
+                        result,
+                    });
+                });
+            }
+            Order::ScanOrphans => {
+                let replica = self.replica.id().clone();
+                let lease = self.replica.config().lease;
+                tokio::spawn(async move {
+                    let result = store.take_over_orphans(&replica, lease).await;
+                    let _ = tx.send(Event::Claims {
+                        source: ClaimSource::Orphans,
+                        result,
+                    });
+                });
+            }
+            Order::Heartbeat(claims) => {
+                tokio::spawn(async move {
+                    let result = store.heartbeat(&claims).await;
+                    let _ = tx.send(Event::Heartbeat { result });
+                });
+            }
+            Order::LoadPlan(claim) => {
+                let provider = self.ports.provider.clone();
+                tokio::spawn(async move {
+                    let result = store.load_plan(claim.experiment).await.map(|plan| {
+                        let keys = plan_keys(&*provider, &plan);
+                        (plan, keys)
+                    });
+                    let _ = tx.send(Event::PlanLoaded { claim, result });
+                });
+            }
+            Order::Release(claims) => {
+                let retry = self.retry(self.replica.config().release_give_up);
+                tokio::spawn(async move {
+                    match retry.run(|| store.release(&claims)).await {
+                        Retried::Done(()) => {
+                            tracing::info!(count = claims.len(), "released claims for takeover")
+                        }
+                        Retried::Abandoned(e) => tracing::warn!(
+                            error = %e,
+                            "could not release claims; they expire after the lease"
+                        ),
+                    }
+                    let _ = tx.send(Event::Released);
+                });
+            }
+            Order::Started => {
+                self.started.send_replace(true);
+            }
+            Order::Adopted { claim, takeover } => {
+                self.ports
+                    .events
+                    .emit(EngineEvent::Adopted { claim, takeover });
+            }
+            Order::Departed { claim, why } => {
+                self.ports.events.emit(EngineEvent::Departed {
+                    experiment: claim.experiment,
+                    why,
+                });
+            }
+            Order::Work(action) => self.perform_action(action),
+        }
+    }
+
+    fn perform_action(&mut self, action: Action) {
         let store = self.ports.store.clone();
         let tx = self.events_tx.clone();
         match action {
@@ -894,7 +701,6 @@ where
                 });
             }
             Action::Finish { claim, end } => {
-                self.finishing += 1;
                 let retry = self.write_retry();
                 tokio::spawn(async move {
                     let result = retry.run(|| store.finish(&claim, &end)).await;
@@ -920,79 +726,20 @@ where
                 experiment,
                 waiting,
             }),
-            Action::Departed { claim, why } => self.depart(claim, why),
+            // The replica turns departures into `Order::Departed`.
+            Action::Departed { claim, why } => self.perform(Order::Departed { claim, why }),
         }
     }
 
     fn write_retry(&self) -> StoreRetry<C> {
-        let config = self.scheduler.config();
+        self.retry(self.replica.config().store_write_give_up)
+    }
+
+    fn retry(&self, give_up: Duration) -> StoreRetry<C> {
         StoreRetry {
             clock: self.ports.clock.clone(),
-            give_up: config.store_write_give_up,
-            config: config.clone(),
-        }
-    }
-
-    fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<Vec<Claim>>>) {
-        let now = self.ports.clock.now();
-        if let Some(s) = &mut self.shutdown {
-            if reply.is_some() {
-                s.reply = reply;
-            }
-            return;
-        }
-        tracing::info!("shutting down: no new calls; waiting for calls under way");
-        let grace = self.scheduler.config().shutdown_grace;
-        self.shutdown = Some(Shutdown {
-            reply,
-            deadline: now + grace,
-            release: Vec::new(),
-        });
-        // Claims still loading were never started: release them at once.
-        let loading: Vec<Claim> = self.loading.drain().map(|(_, c)| c).collect();
-        self.deferred.clear();
-        if let Some(s) = &mut self.shutdown {
-            s.release.extend(loading);
-        }
-        self.scheduler.stop_all(Departure::Released, now);
-    }
-
-    fn shutdown_complete(&self, now: Instant) -> bool {
-        let Some(s) = &self.shutdown else {
-            return false;
-        };
-        (self.scheduler.is_empty() && self.finishing == 0) || now >= s.deadline
-    }
-
-    async fn finish_shutdown(&mut self) {
-        let Some(mut s) = self.shutdown.take() else {
-            return;
-        };
-        // Whatever is still draining at the deadline is released too: its
-        // late results will be fenced once another replica claims it.
-        let remaining: HashSet<Claim> = self.scheduler.claims().into_iter().collect();
-        s.release.extend(remaining);
-        if !s.release.is_empty() {
-            let retry = StoreRetry {
-                clock: self.ports.clock.clone(),
-                give_up: Duration::from_secs(5),
-                config: self.scheduler.config().clone(),
-            };
-            let store = self.ports.store.clone();
-            let claims = s.release.clone();
-            match retry.run(|| store.release(&claims)).await {
-                Retried::Done(()) => {
-                    tracing::info!(count = claims.len(), "released claims for takeover")
-                }
-                Retried::Abandoned(e) => tracing::warn!(
-                    error = %e,
-                    "could not release claims; they expire after the lease"
-                ),
-            }
-        }
-        self.publish_stats();
-        if let Some(reply) = s.reply.take() {
-            let _ = reply.send(s.release);
+            give_up,
+            config: self.replica.config().clone(),
         }
     }
 }

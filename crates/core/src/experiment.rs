@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::fasthash::{FastMap, FastSet};
 use crate::ids::{Claim, ExampleId, ExperimentId, RateKey};
+use crate::isolation::Verdict;
 use crate::limited::{KeyNotes, waiting_message};
 use crate::outcome::{CallReport, Outcome, Reply};
 use crate::ports::{
@@ -284,6 +285,21 @@ pub(crate) struct ExperimentState {
     pub(crate) wake: Option<Instant>,
     /// Position in the least-recently-served order.
     pub(crate) order_key: u64,
+    /// This experiment's own breakers, per key (see `crate::isolation`).
+    own_breakers: HashMap<RateKey, OwnBreaker>,
+    /// Self-fencing: no call starts at or after this instant (set by the
+    /// replica's lease bookkeeping; `None` means no limit).
+    pub(crate) fence_at: Option<Instant>,
+}
+
+/// An experiment's own breaker for one key: open after its isolated
+/// failures, one probe after the cooldown.
+#[derive(Debug)]
+struct OwnBreaker {
+    open_since: Instant,
+    until: Instant,
+    probing: bool,
+    last: String,
 }
 
 /// The rate-limit keys of a plan, computed by the provider adapter.
@@ -342,6 +358,8 @@ impl ExperimentState {
             retry_seq: 0,
             wake: None,
             order_key,
+            own_breakers: HashMap::new(),
+            fence_at: None,
         }
     }
 
@@ -412,7 +430,8 @@ impl ExperimentState {
         notes: &KeyNotes,
         actions: &mut VecDeque<Action>,
     ) -> Next {
-        if !self.is_running() || self.in_flight >= self.cap {
+        let fenced = self.fence_at.is_some_and(|at| now >= at);
+        if !self.is_running() || self.in_flight >= self.cap || fenced {
             self.wake = None;
             return Next::Busy;
         }
@@ -426,7 +445,8 @@ impl ExperimentState {
                 Ok(deadline) => wake = deadline.map_or(wake, |d| earliest(wake, d)),
             }
             let tokens = estimate(head);
-            match advisor.try_acquire(&head.key, tokens, now) {
+            let key = head.key.clone();
+            match self.acquire(advisor, &key, tokens, now, config) {
                 Acquire::Permit => {
                     if let Some(mut job) = self.evals.pop_front() {
                         job.tokens_reserved = tokens;
@@ -434,7 +454,6 @@ impl ExperimentState {
                     }
                 }
                 Acquire::Wait { until, reason } => {
-                    let key = head.key.clone();
                     if let Some(msg) = self.gave_up(&key, reason, now, config, notes, actions) {
                         return Next::GaveUp(msg);
                     }
@@ -453,7 +472,8 @@ impl ExperimentState {
             if top.ready_at <= now {
                 if refused.as_ref() != Some(&top.job.key) {
                     let tokens = estimate(&top.job);
-                    match advisor.try_acquire(&top.job.key, tokens, now) {
+                    let key = top.job.key.clone();
+                    match self.acquire(advisor, &key, tokens, now, config) {
                         Acquire::Permit => {
                             if let Some(Retry { mut job, .. }) = self.retries.pop() {
                                 job.tokens_reserved = tokens;
@@ -461,7 +481,6 @@ impl ExperimentState {
                             }
                         }
                         Acquire::Wait { until, reason } => {
-                            let key = top.job.key.clone();
                             if let Some(msg) =
                                 self.gave_up(&key, reason, now, config, notes, actions)
                             {
@@ -492,7 +511,8 @@ impl ExperimentState {
                 }
                 let mut job = self.task_job(work.clone());
                 let tokens = estimate(&job);
-                match advisor.try_acquire(&self.task_key, tokens, now) {
+                let key = self.task_key.clone();
+                match self.acquire(advisor, &key, tokens, now, config) {
                     Acquire::Permit => {
                         self.tasks.pop_front();
                         job.tokens_reserved = tokens;
@@ -516,6 +536,96 @@ impl ExperimentState {
         let wake = wake.map(|w| w.max(now + Duration::from_millis(1)));
         self.wake = wake;
         Next::NotReady
+    }
+
+    /// Asks this experiment's own breaker for the key, then the advisor.
+    fn acquire<A: Advisor + ?Sized>(
+        &mut self,
+        advisor: &A,
+        key: &RateKey,
+        tokens: Option<u64>,
+        now: Instant,
+        config: &Config,
+    ) -> Acquire {
+        if let Some(b) = self.own_breakers.get(key)
+            && (b.probing || now < b.until)
+        {
+            return Acquire::Wait {
+                until: if b.probing {
+                    now + config.experiment_breaker_cooldown
+                } else {
+                    b.until
+                },
+                reason: WaitReason::BreakerOpen {
+                    open_since: b.open_since,
+                },
+            };
+        }
+        let answer = advisor.try_acquire(key, tokens, now);
+        if answer == Acquire::Permit
+            && let Some(b) = self.own_breakers.get_mut(key)
+        {
+            b.probing = true;
+        }
+        answer
+    }
+
+    /// Applies the isolation verdict on a call of this experiment on `key`
+    /// to its own breaker. Returns the `last_error` text when the experiment
+    /// must give up at once.
+    pub(crate) fn own_breaker_outcome(
+        &mut self,
+        key: &RateKey,
+        verdict: &Verdict,
+        now: Instant,
+        config: &Config,
+        actions: &mut VecDeque<Action>,
+    ) -> Option<String> {
+        if verdict.close {
+            self.own_breakers.remove(key);
+            return None;
+        }
+        let until = now + config.experiment_breaker_cooldown;
+        match &verdict.trip {
+            Some(trip) => {
+                if let Some(message) = &trip.hopeless {
+                    return Some(format!(
+                        "every call of this experiment to provider `{}` failed ({} in a row) while other experiments on the same rate-limit key succeeded; last error: {message}",
+                        key.provider(),
+                        trip.failures
+                    ));
+                }
+                let b = self.own_breakers.entry(key.clone()).or_insert_with(|| {
+                    actions.push_back(Action::Log {
+                        experiment: self.claim.experiment,
+                        level: LogLevel::Warn,
+                        message: format!(
+                            "calls of this experiment to provider `{}` keep failing while other experiments on the key do not; they wait (last error: {})",
+                            key.provider(),
+                            trip.last
+                        ),
+                    });
+                    OwnBreaker {
+                        open_since: now,
+                        until,
+                        probing: false,
+                        last: trip.last.clone(),
+                    }
+                });
+                b.until = until;
+                b.probing = false;
+                b.last = trip.last.clone();
+            }
+            None => {
+                if let Some(b) = self.own_breakers.get_mut(key)
+                    && b.probing
+                {
+                    b.probing = false;
+                    b.until = until;
+                }
+            }
+        }
+        None
     }
 
     fn dispatched(&mut self, job: Job) -> Next {
@@ -632,9 +742,11 @@ impl ExperimentState {
         if open_for < config.breaker_give_up {
             return None;
         }
-        let last = notes
-            .last_errors
+        let last = self
+            .own_breakers
             .get(key)
+            .map(|b| &b.last)
+            .or_else(|| notes.last_errors.get(key))
             .map(|m| format!("; last error: {m}"))
             .unwrap_or_default();
         Some(format!(
@@ -1177,6 +1289,13 @@ impl ExperimentState {
     #[cfg(test)]
     pub(crate) fn busy(&self) -> &FastSet<WorkKey> {
         &self.busy
+    }
+
+    /// Whether one of this experiment's own breakers is open or probing
+    /// (for property tests).
+    #[cfg(test)]
+    pub(crate) fn has_own_breaker(&self) -> bool {
+        !self.own_breakers.is_empty()
     }
 
     /// Retries whose backoff has elapsed (for property tests).

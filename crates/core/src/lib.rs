@@ -4,15 +4,16 @@
 //! next, what happens when it ends, and when an experiment is complete.
 //!
 //! It is built like a sans-I/O protocol library:
-//! - the state machines ([`Scheduler`], [`experiment::ExperimentState`]) take
+//! - the state machines ([`Replica`], which owns the [`Scheduler`], which
+//!   owns one `ExperimentState` per experiment) take
 //!   every input through `handle_*` methods with an explicit `now`, hand out
 //!   work through `poll_*` methods, and report their next deadline with
 //!   `poll_timeout`; they never read a clock and never touch a socket or file;
 //! - the outside world is reached only through the port traits of [`ports`]:
 //!   [`Store`], [`Provider`], [`Advisor`], [`Clock`] and [`EventSink`];
 //! - the [`engine`] is the one async module: a thin loop that feeds port
-//!   results into the scheduler, performs the actions it asks for, and sleeps
-//!   until the next deadline.
+//!   results into the replica machine, performs the orders it hands out, and
+//!   sleeps until the next deadline.
 //!
 //! **Architecture invariant:** this crate depends on no crate that does I/O
 //! (no sqlx, reqwest, hyper, axum, mio; no `std::fs`, `std::net`,
@@ -32,11 +33,13 @@ pub mod error;
 mod experiment;
 mod fasthash;
 pub mod ids;
+mod isolation;
 mod limited;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod outcome;
 pub mod ports;
+pub mod replica;
 pub mod rng;
 pub mod scheduler;
 pub mod spec;
@@ -56,6 +59,7 @@ pub use ports::{
     Acquire, Advisor, AnnotationRecord, ChunkSink, Clock, Departure, EngineEvent, EventSink,
     Finish, LogLevel, NoEvents, Provider, RunRecord, RunWrite, Store, WaitReason, Waiting, Write,
 };
+pub use replica::{ClaimSource, Order, Replica};
 pub use scheduler::{Action, PlanKeys, Scheduler, WriteResult};
 pub use spec::{
     CallSpec, EvaluatorSpec, ExampleData, ExperimentPlan, ExperimentStatus, Message, Protocol,

@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::experiment::{ExperimentState, Mode, Next};
 use crate::fasthash::FastMap;
 use crate::ids::{Claim, ExperimentId, RateKey};
+use crate::isolation::Isolation;
 use crate::limited::KeyNotes;
 use crate::outcome::{CallReport, Observation};
 use crate::ports::{Advisor, Departure, LogLevel, RunWrite};
@@ -60,6 +61,9 @@ pub struct Scheduler {
     /// its last transient error (named when an experiment gives up on an
     /// open breaker) and whether it answers only 429s (quota give-up).
     notes: KeyNotes,
+    /// Failure streaks per (key, experiment): keeps one experiment's own
+    /// failures away from the key's shared breaker.
+    isolation: Isolation,
 }
 
 impl Scheduler {
@@ -76,6 +80,7 @@ impl Scheduler {
             actions: VecDeque::new(),
             rng: Rng::new(seed),
             notes: KeyNotes::default(),
+            isolation: Isolation::default(),
         }
     }
 
@@ -100,6 +105,8 @@ impl Scheduler {
         if keys.evaluators.len() != plan.evaluators.len() {
             return Err(InsertError::KeysMismatch);
         }
+        self.isolation
+            .register(id, std::iter::once(&keys.task).chain(&keys.evaluators));
         let order_key = self.next_front;
         self.next_front -= 1;
         let state = ExperimentState::new(claim, plan, keys, &self.config, order_key, now);
@@ -154,6 +161,23 @@ impl Scheduler {
                 self.stop(claim.experiment, Departure::Lost, now);
             }
         }
+    }
+
+    /// Self-fencing: the experiment under `claim` may start calls only
+    /// before `until` (calls under way are not affected). Moving it later
+    /// lets a fenced experiment dispatch again.
+    pub fn set_fence(&mut self, claim: &Claim, until: Instant, now: Instant) {
+        if let Some(exp) = Self::current(&mut self.experiments, claim) {
+            exp.fence_at = Some(until);
+            self.touch(claim.experiment, now);
+        }
+    }
+
+    /// Whether the experiment is held back by self-fencing at `now`.
+    pub fn is_fenced(&self, id: ExperimentId, now: Instant) -> bool {
+        self.experiments
+            .get(&id)
+            .is_some_and(|e| e.fence_at.is_some_and(|at| now >= at))
     }
 
     /// Stops every experiment with `why` (graceful shutdown uses `Released`).
@@ -230,11 +254,21 @@ impl Scheduler {
         advisor: &A,
     ) {
         self.slots_in_use = self.slots_in_use.saturating_sub(1);
-        advisor.record(
+        let verdict = self.isolation.record(
             &job.key,
-            &Observation::from_report(&report, job.tokens_reserved),
-            now,
+            job.experiment,
+            &report.outcome,
+            self.config.experiment_breaker_failures,
         );
+        // An isolated failure (other experiments on the key are fine) is
+        // kept from the key's shared breaker.
+        if verdict.forward {
+            advisor.record(
+                &job.key,
+                &Observation::from_report(&report, job.tokens_reserved),
+                now,
+            );
+        }
         self.notes.observe(&job.key, &report.outcome, now);
         if matches!(report.outcome, crate::Outcome::Success(_)) {
             // A success of the key ends every experiment's quota wait on it.
@@ -252,6 +286,7 @@ impl Scheduler {
         }
         let id = job.experiment;
         let quota = matches!(report.outcome, crate::Outcome::QuotaExhausted { .. });
+        let own_key = job.key.clone();
         if let Some(exp) = self.experiments.get_mut(&id) {
             let key = quota.then(|| job.key.clone());
             exp.handle_call_finished(
@@ -274,6 +309,18 @@ impl Scheduler {
                     &self.notes,
                     &mut self.actions,
                 );
+            }
+            let gave_up =
+                exp.own_breaker_outcome(&own_key, &verdict, now, &self.config, &mut self.actions);
+            if let Some(message) = gave_up
+                && exp.is_running()
+            {
+                self.actions.push_back(Action::Log {
+                    experiment: id,
+                    level: LogLevel::Error,
+                    message: message.clone(),
+                });
+                self.stop(id, Departure::Errored(message), now);
             }
             self.touch(id, now);
         }
@@ -436,6 +483,7 @@ impl Scheduler {
         if let Some(done) = exp.settle() {
             let order_key = exp.order_key;
             self.experiments.remove(&id);
+            self.isolation.unregister(id);
             self.order.remove(&order_key);
             self.actions.push_back(done);
         }

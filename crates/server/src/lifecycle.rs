@@ -23,8 +23,9 @@ fn engine_gone(e: runnel_core::Error) -> ApiError {
 /// Starts a stopped experiment on this replica (no cooldown: used right
 /// after creation). Returns the status afterwards.
 pub async fn start(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
+    let sent = claim_instant();
     let transition = state.db.start(id, &state.replica).await?;
-    adopt(state, id, transition)
+    adopt(state, id, transition, sent)
 }
 
 /// Resumes an experiment (a user toggle, subject to the cooldown): it runs
@@ -32,8 +33,17 @@ pub async fn start(state: &AppState, id: ExperimentId) -> Result<ExperimentStatu
 /// completes at once when nothing is.
 pub async fn resume(state: &AppState, id: ExperimentId) -> Result<ExperimentStatus, ApiError> {
     let cooldown_time = state.config.scheduler.cooldown;
+    let sent = claim_instant();
     let transition = state.db.resume(id, &state.replica, cooldown_time).await?;
-    adopt(state, id, transition)
+    adopt(state, id, transition, sent)
+}
+
+/// The engine's clock (`TokioClock`) just before a claiming statement is
+/// sent: the claim's lease counts from then, so the engine's self-fencing
+/// deadline falls before the database's lease runs out.
+fn claim_instant() -> std::time::Instant {
+    use runnel_core::Clock as _;
+    crate::runtime::TokioClock.now()
 }
 
 /// Hands a fresh claim to the local engine, or says why there is none.
@@ -41,10 +51,14 @@ fn adopt(
     state: &AppState,
     id: ExperimentId,
     transition: Transition<runnel_core::Claim>,
+    sent: std::time::Instant,
 ) -> Result<ExperimentStatus, ApiError> {
     match transition {
         Transition::Done(claim) => {
-            state.engine.adopt(claim).map_err(engine_gone)?;
+            state
+                .engine
+                .adopt_claimed(claim, sent)
+                .map_err(engine_gone)?;
             Ok(ExperimentStatus::Running)
         }
         Transition::AlreadyInState(status) => Ok(status),

@@ -198,7 +198,10 @@ async fn listen(mut listener: runnel_store::Listener, engine: EngineHandle, retr
                 }
             }
             Ok(Heard::Reconnected) => {
-                tracing::info!("notification listener reconnected; heartbeats cover the gap")
+                tracing::info!("notification listener reconnected; checking the claims now");
+                if engine.check_claims().is_err() {
+                    return;
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "notification listener failed; retrying");

@@ -868,3 +868,63 @@ async fn demand_counts_ready_jobs_per_key() {
     wait_for(&mut rx, |e| matches!(e, EngineEvent::Departed { .. })).await;
     assert!(handle.demand().await.unwrap().is_empty());
 }
+
+/// Breaker isolation through the engine (issue 13, item 3): one experiment
+/// whose every call outlives its `timeout_s`, with ten times the concurrency
+/// of a healthy one on the same key, leaves the healthy one alone and errors
+/// at once, naming the timeout.
+#[tokio::test(start_paused = true)]
+async fn one_experiments_timeouts_stay_with_it() {
+    let store = Arc::new(MemoryStore::new(Arc::new(|| {
+        tokio::time::Instant::now().into_std()
+    })));
+    let replica = ReplicaId::new("r1");
+    let dataset = store.create_dataset((0..30).map(|_| ExampleData::default()).collect());
+    let mut healthy = plan(exp_id(0));
+    healthy.max_concurrency = Some(2);
+    let mut impatient = healthy.clone();
+    impatient.max_concurrency = Some(20);
+    impatient.task.timeout_s = Some(0.1);
+    let healthy = store.create_experiment(dataset, healthy);
+    let impatient = store.create_experiment(dataset, impatient);
+    let clock = Arc::new(TokioClock);
+    let provider = FnProvider::new(clock.clone(), move |_job| {
+        (
+            Duration::from_millis(300),
+            Outcome::Success(Reply::Task { output: "o".into() }),
+        )
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ports = Ports {
+        store: store.clone(),
+        provider: Arc::new(provider),
+        advisor: Arc::new(Unlimited),
+        clock,
+        events: Arc::new(Events(tx)),
+    };
+    let config = Config {
+        backoff_base: Duration::from_millis(100),
+        experiment_breaker_cooldown: Duration::from_secs(1),
+        ..Config::default()
+    };
+    store.start(healthy, &replica).unwrap();
+    store.start(impatient, &replica).unwrap();
+    let start = tokio::time::Instant::now();
+    let (engine, _handle) = Engine::new(config, replica.clone(), ports);
+    tokio::spawn(engine.run());
+    let mut ends = HashMap::new();
+    while ends.len() < 2 {
+        if let EngineEvent::Departed { experiment, why } =
+            wait_for(&mut rx, |e| matches!(e, EngineEvent::Departed { .. })).await
+        {
+            ends.insert(experiment, (why, tokio::time::Instant::now() - start));
+        }
+    }
+    assert_eq!(ends[&healthy].0, Departure::Completed);
+    let (why, at) = &ends[&impatient];
+    let Departure::Errored(message) = why else {
+        panic!("{why:?}");
+    };
+    assert!(message.contains("timed out after 0.1s"), "{message}");
+    assert!(*at < Duration::from_secs(5), "{at:?}");
+}

@@ -9,6 +9,7 @@ use crate::ports::Clock;
 
 mod engine;
 mod quota_props;
+mod replica_props;
 mod scheduler_props;
 mod sim;
 mod tokio_clock;

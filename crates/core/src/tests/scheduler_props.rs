@@ -496,3 +496,77 @@ fn failures_are_logged_one_by_one_up_to_the_configured_number() {
     );
     assert!(errors[3].starts_with("more than 3 failures"), "{errors:?}");
 }
+
+/// Issue 13, item 3: one experiment whose every call times out, with ten
+/// times the concurrency of a healthy one on the same key, does not open the
+/// key's breaker: the healthy one runs at its own pace without a pause, and
+/// the failing one errors soon, naming its failure, without waiting the
+/// whole `breaker_give_up`.
+#[test]
+fn one_experiments_failures_do_not_stop_the_others_on_its_key() {
+    let config = Config {
+        max_concurrency: 22,
+        backoff_jitter: 0.0,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config, Behaviour::reliable(300), 13);
+    // The advisor's breaker: 5 failures in a row open it for 5 s.
+    sim.advisor.breaker = Some((5, Duration::from_secs(5)));
+    let spec = |cap| ExpSpec {
+        examples: 200,
+        repetitions: 1,
+        evaluators: 0,
+        cap: Some(cap),
+        provider: "p".into(),
+    };
+    let healthy = sim.add(&spec(2));
+    let impatient = sim.add(&spec(20));
+    let timeout = "the call timed out after 0.1s";
+    sim.scripted.insert(
+        impatient,
+        (
+            crate::Outcome::Transient {
+                message: timeout.into(),
+            },
+            Duration::from_millis(100),
+        ),
+    );
+    sim.run(Duration::from_secs(600), |_| {});
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert_eq!(sim.finished.get(&healthy), Some(&vec![Finish::Completed]));
+    // Two slots, 300 ms per call: 100 rounds, 30 s, with no gap longer
+    // than a call between two of its dispatches.
+    let times: Vec<Duration> = sim
+        .dispatches
+        .iter()
+        .filter(|d| d.experiment == healthy)
+        .map(|d| d.at)
+        .collect();
+    assert_eq!(times.len(), 200);
+    let longest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest <= Duration::from_millis(300),
+        "paused for {longest:?}"
+    );
+    assert!(*times.last().unwrap() <= Duration::from_millis(29_701));
+    // The impatient one: ERROR at its first probe after its own breaker's
+    // cooldown, naming the failure, long before the 300 s give-up.
+    let ends = &sim.finished[&impatient];
+    let [Finish::Error(message)] = &ends[..] else {
+        panic!("{ends:?}");
+    };
+    assert!(
+        message.contains("every call of this experiment") && message.contains(timeout),
+        "{message}"
+    );
+    let last = sim
+        .dispatches
+        .iter()
+        .filter(|d| d.experiment == impatient)
+        .map(|d| d.at)
+        .max()
+        .unwrap();
+    assert!(last <= Duration::from_secs(6), "{last:?}");
+    let row = sim.store.experiment(impatient).unwrap();
+    assert_eq!(row.last_error.as_deref(), Some(message.as_str()));
+}

@@ -68,11 +68,19 @@ pub(crate) struct ModelAdvisor {
     pub(crate) quota_probe: Duration,
     /// Keys waiting on quota, and when the next probe may go.
     quota: Mutex<HashMap<RateKey, Instant>>,
+    /// A per-key breaker like the advisor's: `(threshold, cooldown)`; it
+    /// opens after that many transient failures in a row, for the cooldown.
+    pub(crate) breaker: Option<(u32, Duration)>,
+    /// Per key: failures in a row, and since/until when it is open.
+    breakers: Mutex<HashMap<RateKey, ModelBreaker>>,
 }
 
 /// How long a quota probe counts as out before another may go (the model
 /// of the advisor's `probe_timeout`).
 const PROBE_OUT: Duration = Duration::from_secs(3600);
+
+/// Failures in a row, and since/until when the breaker is open.
+type ModelBreaker = (u32, Option<(Instant, Instant)>);
 
 impl Advisor for ModelAdvisor {
     fn try_acquire(&self, key: &RateKey, _tokens: Option<u64>, now: Instant) -> Acquire {
@@ -87,6 +95,14 @@ impl Advisor for ModelAdvisor {
             *next = now + PROBE_OUT;
             *self.permits.lock().unwrap().entry(key.clone()).or_default() += 1;
             return Acquire::Permit;
+        }
+        if let Some((_, Some((since, until)))) = self.breakers.lock().unwrap().get(key).copied()
+            && now < until
+        {
+            return Acquire::Wait {
+                until,
+                reason: WaitReason::BreakerOpen { open_since: since },
+            };
         }
         if let Some(&open_since) = self.open.get(key.provider()) {
             return Acquire::Wait {
@@ -127,6 +143,23 @@ impl Advisor for ModelAdvisor {
             }
             OutcomeClass::Success => {
                 quota.remove(key);
+            }
+            _ => {}
+        }
+        drop(quota);
+        let Some((threshold, cooldown)) = self.breaker else {
+            return;
+        };
+        let mut breakers = self.breakers.lock().unwrap();
+        let (failures, open) = breakers.entry(key.clone()).or_default();
+        match observation.class {
+            OutcomeClass::Success => *failures = 0,
+            OutcomeClass::Transient => {
+                *failures += 1;
+                if *failures >= threshold && open.is_none_or(|(_, until)| until <= now) {
+                    *open = Some((now, now + cooldown));
+                    *failures = 0;
+                }
             }
             _ => {}
         }
@@ -189,6 +222,9 @@ pub(crate) struct Sim {
     pub(crate) quota_until: Duration,
     /// Quota waits shown: (since start, experiment, started or ended).
     pub(crate) waiting: Vec<(Duration, ExperimentId, bool)>,
+    /// Experiments whose every call ends this way after this latency,
+    /// whatever the behaviour says.
+    pub(crate) scripted: HashMap<ExperimentId, (Outcome, Duration)>,
 }
 
 fn call(provider: &str, model: &str) -> CallSpec {
@@ -238,6 +274,7 @@ impl Sim {
             quota: None,
             quota_until: Duration::MAX,
             waiting: Vec::new(),
+            scripted: HashMap::new(),
         }
     }
 
@@ -499,8 +536,13 @@ impl Sim {
                 work,
                 attempt: job.attempt,
             });
-            let latency = self.draw_ms(self.behaviour.latency_ms);
-            let outcome = self.outcome(&job);
+            let (outcome, latency) = match self.scripted.get(&id) {
+                Some((outcome, latency)) => (outcome.clone(), *latency),
+                None => {
+                    let latency = self.draw_ms(self.behaviour.latency_ms);
+                    (self.outcome(&job), latency)
+                }
+            };
             self.outcomes
                 .entry((id, work))
                 .or_default()
@@ -519,6 +561,9 @@ impl Sim {
             .filter_map(|&id| {
                 self.scheduler
                     .state(id)
+                    // An experiment's own breaker may hold one class back
+                    // while another, on a different key, goes ahead.
+                    .filter(|s| !s.has_own_breaker())
                     .map(|s| (id, (s.counts().evals, s.ready_retries(self.now))))
             })
             .collect()

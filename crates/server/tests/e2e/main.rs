@@ -9,6 +9,7 @@ mod common;
 
 mod crash;
 mod input;
+mod isolation;
 mod lifecycle;
 mod ops;
 mod outage;
