@@ -134,6 +134,16 @@ pub struct AdvisorConfig {
     /// The success rate is averaged over at least this many successes (at
     /// low rates the window grows to hold them). Default 16.
     pub goodput_samples: f64,
+    /// Fewer (decayed) successes than this give no success-rate measurement
+    /// at a 429. Default 3.
+    pub goodput_min_samples: f64,
+    /// Longest averaging time of the success rate: beyond it a rate is so
+    /// low that the measurement is history, not evidence. Default `"600s"`.
+    #[serde(with = "duration")]
+    pub goodput_max_window: Duration,
+    /// How many calls the average token charge per call spans (it sizes a
+    /// token rate learned from a 429). Default 32.
+    pub usage_samples: f64,
     /// Kind assumed for a key whose provider entry is not in `providers`.
     /// Default `openai_compatible`.
     pub default_kind: ProviderKind,
@@ -175,6 +185,9 @@ impl Default for AdvisorConfig {
             probe_doubling: Duration::from_secs(30),
             goodput_window: Duration::from_secs(3),
             goodput_samples: 16.0,
+            goodput_min_samples: 3.0,
+            goodput_max_window: Duration::from_secs(600),
+            usage_samples: 32.0,
             default_kind: ProviderKind::OpenAiCompatible,
             kinds: ProviderKind::ALL
                 .iter()
@@ -395,6 +408,20 @@ impl AdvisorConfig {
         }
         if self.goodput_window.is_zero() {
             return bad("goodput_window", "must be greater than zero");
+        }
+        if self.goodput_max_window < self.goodput_window {
+            return bad(
+                "goodput_max_window",
+                "must not be shorter than goodput_window",
+            );
+        }
+        if !(self.goodput_min_samples.is_finite()
+            && (1.0..=10_000.0).contains(&self.goodput_min_samples))
+        {
+            return bad("goodput_min_samples", "must be between 1 and 10000");
+        }
+        if !(self.usage_samples.is_finite() && (1.0..=1_000_000.0).contains(&self.usage_samples)) {
+            return bad("usage_samples", "must be between 1 and 1000000");
         }
         if !(self.goodput_samples.is_finite() && (1.0..=10_000.0).contains(&self.goodput_samples)) {
             return bad("goodput_samples", "must be between 1 and 10000");

@@ -270,14 +270,13 @@ struct TokenUsage {
     per_call: f64,
 }
 
-/// How many calls the average charge per call spans.
-const USAGE_SAMPLES: f64 = 32.0;
-
 impl TokenUsage {
-    fn record(&mut self, reserved: Option<u64>, used: Option<u64>) {
+    /// Adds one call's charge; the average spans about `samples` calls
+    /// (`advisor.usage_samples`).
+    fn record(&mut self, reserved: Option<u64>, used: Option<u64>, samples: f64) {
         let charge = reserved.unwrap_or(0).max(used.unwrap_or(0)) as f64;
         if charge > 0.0 {
-            let keep = 1.0 - 1.0 / USAGE_SAMPLES;
+            let keep = 1.0 - 1.0 / samples.max(1.0);
             self.per_call = if self.per_call > 0.0 {
                 self.per_call * keep + charge * (1.0 - keep)
             } else {
@@ -493,7 +492,11 @@ impl KeyState {
         {
             self.quota = None;
         }
-        self.usage.record(obs.tokens_reserved, obs.tokens_used);
+        self.usage.record(
+            obs.tokens_reserved,
+            obs.tokens_used,
+            self.learning.usage_samples,
+        );
         if let Some(h) = &obs.headers {
             self.apply_headers(h, obs.class == OutcomeClass::RateLimited, now);
         }

@@ -117,6 +117,9 @@ pub struct Learning {
     pub probe_doubling: Duration,
     pub goodput_window: Duration,
     pub goodput_samples: f64,
+    pub goodput_min_samples: f64,
+    pub goodput_max_window: Duration,
+    pub usage_samples: f64,
     pub header_low: Duration,
     pub header_low_fraction: f64,
     pub header_samples: f64,
@@ -144,6 +147,9 @@ impl Learning {
             probe_doubling: config.probe_doubling,
             goodput_window: config.goodput_window,
             goodput_samples: config.goodput_samples,
+            goodput_min_samples: config.goodput_min_samples,
+            goodput_max_window: config.goodput_max_window,
+            usage_samples: config.usage_samples,
             header_low: config.header_low,
             header_low_fraction: config.header_low_fraction,
             header_samples: config.header_samples,
@@ -712,13 +718,10 @@ struct Goodput {
     tau: f64,
     last: Option<Instant>,
     since: Instant,
+    /// `goodput_min_samples` as of the last sample (none before it, when
+    /// the count is zero anyway).
+    min_samples: f64,
 }
-
-/// Fewer (decayed) successes than this give no measurement.
-const MIN_SAMPLES: f64 = 3.0;
-/// Longest averaging time of the goodput, in seconds: beyond it a rate is
-/// so low that the measurement is history, not evidence.
-const MAX_TAU: f64 = 600.0;
 
 impl Goodput {
     fn new(now: Instant) -> Self {
@@ -728,6 +731,7 @@ impl Goodput {
             tau: 3.0,
             last: None,
             since: now,
+            min_samples: 1.0,
         }
     }
 
@@ -749,12 +753,14 @@ impl Goodput {
         // Retune for the next sample; the decayed sums are kept as they are.
         let per_success = self.amount / self.count.max(1e-9);
         let min_tau = l.goodput_window.as_secs_f64().max(1e-3);
-        self.tau = (l.goodput_samples * per_success / rate.max(1.0e-6)).clamp(min_tau, MAX_TAU);
+        let max_tau = l.goodput_max_window.as_secs_f64().max(min_tau);
+        self.tau = (l.goodput_samples * per_success / rate.max(1.0e-6)).clamp(min_tau, max_tau);
+        self.min_samples = l.goodput_min_samples;
     }
 
     fn rate(&self, now: Instant) -> Option<f64> {
         let d = self.decay(now);
-        if self.count * d < MIN_SAMPLES {
+        if self.count * d < self.min_samples.max(1.0) {
             return None;
         }
         // Early on, the average covers only the time since measuring began.

@@ -223,13 +223,6 @@ pub struct KeyBudget {
     goodput: Goodput,
 }
 
-/// The time constant of [`Goodput`]: a few seconds, like the controller's
-/// own average.
-const GOODPUT_TAU_SECS: f64 = 3.0;
-/// The controller sets its last good rate this fraction below the goodput it
-/// measured at a 429 (`learn.rs` uses the same margin).
-const GOOD_MARGIN: f64 = 0.03;
-
 /// Successes per second of this replica on one key, an exponential average
 /// over the syncs (from the advisor's success counter).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -242,12 +235,14 @@ struct Goodput {
 }
 
 impl Goodput {
-    fn sample(&mut self, now: Instant, successes: u64) {
+    /// Adds a reading; `tau` is the averaging time, the controller's own
+    /// (`advisor.goodput_window`).
+    fn sample(&mut self, now: Instant, successes: u64, tau: f64) {
         if let Some((t, n)) = self.last {
             let dt = now.saturating_duration_since(t).as_secs_f64();
             if dt > 0.0 {
                 let r = successes.saturating_sub(n) as f64 / dt;
-                let w = 1.0 - (-dt / GOODPUT_TAU_SECS).exp();
+                let w = 1.0 - (-dt / tau.max(1.0e-3)).exp();
                 self.before = self.rate;
                 self.rate = Some(self.rate.map_or(r, |old| old + w * (r - old)));
             }
@@ -261,14 +256,22 @@ impl Goodput {
 /// successes, about `share` of the key's, so its estimate sits at its
 /// floor (`decrease_factor` of the rate that drew the 429) and the key would
 /// crawl back; `goodput / share` is what the key carried.
-fn cluster_good(local: &mut SharedRate, goodput: Option<f64>, share: f64, decrease_factor: f64) {
+/// `margin` is the controller's (`advisor.margin`): the last good rate sits
+/// that fraction below the goodput measured at a 429.
+fn cluster_good(
+    local: &mut SharedRate,
+    goodput: Option<f64>,
+    share: f64,
+    decrease_factor: f64,
+    margin: f64,
+) {
     let (Some(bad), Some(g)) = (local.last_429_rps, goodput) else {
         return;
     };
     if share >= 1.0 || local.learned_from == "headers" || share <= 0.0 {
         return;
     }
-    let good = (g / share).clamp(bad * decrease_factor, bad) * (1.0 - GOOD_MARGIN);
+    let good = (g / share).clamp(bad * decrease_factor, bad) * (1.0 - margin);
     if good > local.good_rps {
         local.good_rps = good;
     }
@@ -315,6 +318,8 @@ impl BudgetSync {
         let snapshot: AdvisorSnapshot = advisor.snapshot(now);
         let metrics = advisor.metrics(now);
         let decrease_factor = advisor.config().decrease_factor;
+        let margin = advisor.config().margin;
+        let tau = advisor.config().goodput_window.as_secs_f64();
         let mut reports = BTreeMap::new();
         for (key, snap) in &snapshot.keys {
             let Some(mut local) = shared_rate(snap) else {
@@ -324,7 +329,7 @@ impl BudgetSync {
             let known = self.keys.get_mut(&key);
             let goodput = known.map(|k| {
                 if let Some(m) = metrics.get(key.as_str()) {
-                    k.goodput.sample(now, m.counters.successes);
+                    k.goodput.sample(now, m.counters.successes, tau);
                 }
                 let g = match (k.goodput.before, k.goodput.rate) {
                     (Some(b), Some(r)) => Some(b.max(r)),
@@ -342,7 +347,7 @@ impl BudgetSync {
                     if local.rate_rps < a.rate_rps
                         && let Some((g, share)) = goodput
                     {
-                        cluster_good(&mut local, g, share, decrease_factor);
+                        cluster_good(&mut local, g, share, decrease_factor, margin);
                     }
                     (Some(local), lower)
                 }
