@@ -41,6 +41,14 @@ const RUNS: Size = Size::new(200, 1000);
 /// more than 40 s), and 200 runs about 10 s, so the quick matrix fits in CI.
 const RATE: f64 = 20.0;
 
+/// The 429-share goal of every rate row at `--quick` size (200 runs, what
+/// CI checks). Learning a limit costs a roughly fixed number of 429s (a slow
+/// start that overshoots once, a hidden client found by its 429s), which on
+/// 200 runs measured 2–5 % where 1,000 runs stay under the full-size goals
+/// (2 % with headers, 3 % without). A learner that does not learn — the
+/// 26.6 % of issue 14, a 429 storm — is still far above this.
+const QUICK_429_SHARE: f64 = 0.10;
+
 /// Length of the windows of the window rows.
 const WINDOW_S: f64 = 10.0;
 
@@ -235,6 +243,7 @@ macro_rules! rows {
                     "ratio",
                     Goal::AtMost($share),
                 )
+                .quick_goal(Goal::AtMost(QUICK_429_SHARE))
                 .independent(),
                 FigureSpec::goal(
                     concat!($key, "_window"),

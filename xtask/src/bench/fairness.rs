@@ -131,18 +131,7 @@ pub(crate) async fn s5(ctx: &Ctx) -> Result<Run> {
         all_succeeded(&done, n as u64)?;
         finished.push(done);
     }
-    let created_first = finished
-        .iter()
-        .map(|f| f.body["created_at"].clone())
-        .min_by(|a, b| a.as_str().cmp(&b.as_str()))
-        .unwrap_or_default();
-    let ends: Vec<f64> = finished
-        .iter()
-        .map(|f| seconds_between(&created_first, &f.body["updated_at"]))
-        .collect::<Result<_>>()?;
-    let (lo, hi) = ends
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), e| (lo.min(*e), hi.max(*e)));
+    let (ends, lo, hi) = super::completions(&finished)?;
     let stats = env.sim.snapshot().await?;
     let mut run = Run {
         details: json!({

@@ -442,6 +442,24 @@ impl Finished {
     }
 }
 
+/// When each finished experiment completed, in seconds after the first of
+/// them was created (database timestamps), with the earliest and latest.
+pub(crate) fn completions(finished: &[Finished]) -> Result<(Vec<f64>, f64, f64)> {
+    let first_created = finished
+        .iter()
+        .map(|f| f.body["created_at"].clone())
+        .min_by(|a, b| a.as_str().cmp(&b.as_str()))
+        .unwrap_or_default();
+    let ends: Vec<f64> = finished
+        .iter()
+        .map(|f| seconds_between(&first_created, &f.body["updated_at"]))
+        .collect::<Result<_>>()?;
+    let (lo, hi) = ends
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), e| (lo.min(*e), hi.max(*e)));
+    Ok((ends, lo, hi))
+}
+
 /// Seconds between two RFC 3339 timestamps of an experiment body.
 pub(crate) fn seconds_between(from: &Value, to: &Value) -> Result<f64> {
     let parse = |v: &Value| -> Result<chrono::DateTime<chrono::FixedOffset>> {

@@ -57,6 +57,9 @@ pub(crate) struct FigureSpec {
     /// The goal applies at full size only: at `--quick` size the figure is
     /// reported without a goal (too few runs for it to mean anything).
     pub(crate) full_size_only: bool,
+    /// A different goal at `--quick` size, where a fixed start-up cost
+    /// weighs more on few runs.
+    pub(crate) quick_goal: Option<Goal>,
 }
 
 impl FigureSpec {
@@ -74,6 +77,15 @@ impl FigureSpec {
             goal: Some(goal),
             independent: false,
             full_size_only: false,
+            quick_goal: None,
+        }
+    }
+
+    /// The same figure with another goal at `--quick` size.
+    pub(crate) const fn quick_goal(self, goal: Goal) -> Self {
+        Self {
+            quick_goal: Some(goal),
+            ..self
         }
     }
 
@@ -106,6 +118,7 @@ impl FigureSpec {
             goal: None,
             independent: false,
             full_size_only: false,
+            quick_goal: None,
         }
     }
 }
@@ -195,7 +208,12 @@ pub(crate) fn aggregate(spec: &FigureSpec, runs: &[Run], quick: bool) -> Figure 
     let samples: Vec<f64> = runs.iter().filter_map(|r| r.get(spec.key)).collect();
     let finite = || samples.iter().copied().filter(|v| v.is_finite());
     let median = median(&samples);
-    let goal = spec.goal.filter(|_| !(quick && spec.full_size_only));
+    let goal = if quick {
+        spec.quick_goal.or(spec.goal)
+    } else {
+        spec.goal
+    }
+    .filter(|_| !(quick && spec.full_size_only));
     Figure {
         key: spec.key,
         label: spec.label,

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::report::{FigureSpec, Goal, Run};
-use super::{Ctx, Size, Spec, all_succeeded, deadline, seconds_between, sim_config, wait_end};
+use super::{Ctx, Size, Spec, all_succeeded, deadline, sim_config, wait_end};
 use crate::harness::{Api, ServerProcess, ServerToml, SimProcess, arithmetic, experiment_body};
 
 /// The simulator's limit, requests per second.
@@ -259,18 +259,7 @@ async fn set(
         finished.push(done);
     }
     let stats = sim.snapshot().await?;
-    let first_created = finished
-        .iter()
-        .map(|f| f.body["created_at"].clone())
-        .min_by(|a, b| a.as_str().cmp(&b.as_str()))
-        .unwrap_or_default();
-    let ends: Vec<f64> = finished
-        .iter()
-        .map(|f| seconds_between(&first_created, &f.body["updated_at"]))
-        .collect::<Result<_>>()?;
-    let (lo, hi) = ends
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), e| (lo.min(*e), hi.max(*e)));
+    let (ends, lo, hi) = super::completions(&finished)?;
     let rate_limited = stats.classes.rate_limited as f64 / stats.requests.max(1) as f64;
     let per_second: Vec<u64> = stats.per_second.iter().map(|s| s.ok).collect();
     let mut details = json!({
