@@ -202,9 +202,12 @@ pub struct Learned {
 ///
 /// The capacity is the stated limit, unless `remaining` never came near it:
 /// when the most ever reported is under half the limit, the limit and
-/// `remaining` count different windows (`runnel sim` states a per-minute
-/// limit next to the remaining of its per-second bucket), and the most
-/// reported, plus the call that reply counted, stands in for the capacity.
+/// `remaining` count different windows (a limit stated for a minute next to
+/// the remaining of a bucket that enforces it over a second, as OpenAI says
+/// its limits may be enforced over shorter periods), and the most reported,
+/// plus the call that reply counted, stands in for the capacity. (`runnel
+/// sim` once reported headers that way; it no longer does, so this case is
+/// covered by the advisor's own provider model, not by the simulator.)
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Refill {
     deficit: f64,

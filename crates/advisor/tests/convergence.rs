@@ -190,9 +190,9 @@ fn headers_that_derive_the_refill_rate_settle_within_2_seconds() {
 
 #[test]
 fn a_per_minute_limit_over_the_remaining_of_a_per_second_bucket() {
-    // `runnel sim` with `rps` and headers: `limit` is per minute, while
-    // `remaining` and `reset` are those of the one-second bucket that
-    // enforces it. The deficit is then mostly the ratio of the two windows,
+    // A provider that states a per-minute `limit` while `remaining` and
+    // `reset` are those of the one-second bucket that enforces it (limits
+    // enforced over shorter periods than the one stated). The deficit is then mostly the ratio of the two windows,
     // not use: it must not be read as a refill rate sixty times too high.
     for limit in [5.0, 20.0, 200.0] {
         let provider = Provider {
@@ -200,7 +200,14 @@ fn a_per_minute_limit_over_the_remaining_of_a_per_second_bucket() {
             limit_scale: 60.0,
             ..Provider::new(limit)
         };
-        check("runnel sim headers", provider, 30, 10, 0.9, WITH_HEADERS);
+        check(
+            "per-minute limit, per-second remaining",
+            provider,
+            30,
+            10,
+            0.9,
+            WITH_HEADERS,
+        );
     }
 }
 

@@ -78,9 +78,9 @@ pub(crate) struct Provider {
     pub(crate) budget: Option<(f64, f64)>,
     /// What the request headers carry.
     pub(crate) report: Report,
-    /// The request `limit` header is the enforced limit times this (60:
-    /// `runnel sim`, whose `limit` is per minute while `remaining` and
-    /// `reset` are those of its per-second bucket).
+    /// The request `limit` header is the enforced limit times this (60: a
+    /// `limit` stated per minute while `remaining` and `reset` are those of
+    /// the per-second bucket that enforces it).
     pub(crate) limit_scale: f64,
     /// Whether 429s carry a retry-after (time until one request is back).
     pub(crate) retry_after: bool,
